@@ -1,0 +1,1099 @@
+"""The engine: one writer thread, group commit, recovery, checkpoints, holds, disk guard.
+
+Write path (``fsync = "always"``): requests queue to the writer thread, which takes
+everything queued (bounded by ``batch_records_max`` and ``batch_bytes_max``),
+validates and applies each request to SQLite inside a SAVEPOINT (computing its
+response and planning its LSN), appends every accepted record with one
+``write(2)``, runs one ``fdatasync(2)``, commits the SQLite transaction (which
+also stores ``applied_end_lsn``) and only then resolves the requests' futures.
+A request that is invalid against the state (a vote on an unknown assertion) is
+rolled back to its savepoint and never reaches the WAL.
+
+A failed write or fsync *fences* the writer: the batch and every later write fail
+with :class:`WalFsyncFailed`, the ``stemedb_wal_writes_fenced`` gauge turns 1,
+and nothing is retried.  A restart recovers from what is on disk.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from . import limits
+from . import state as st
+from .errors import (
+    Closed,
+    CorruptionError,
+    IdempotencyConflict,
+    InsufficientStorage,
+    InvalidInput,
+    StemeError,
+    TooLarge,
+    Unavailable,
+    WalFsyncFailed,
+)
+from .metrics import Metrics
+from .model import encode_json
+from .storage import DiskUsage, FileSystem, OsFileSystem
+from .wal import (
+    PREALLOC_NAME,
+    SEGMENT_HEADER_SIZE,
+    HeaderError,
+    Record,
+    RecordType,
+    SegmentHeader,
+    SegmentScanner,
+    WalOpError,
+    WalWriter,
+    frame_size,
+    load_chain,
+    segment_name,
+)
+
+log = logging.getLogger("stemedb.engine")
+T = TypeVar("T")
+
+FSYNC_POLICIES = ("always", "interval", "never")
+RECOVERY_MODES = ("tolerate-torn-tail", "absolute", "point-in-time")
+
+
+@dataclass
+class EngineConfig:
+    fsync: str = "always"
+    fsync_interval_ms: int = limits.fsync_interval_ms_default
+    segment_size_bytes: int = limits.segment_size_bytes_default
+    disk_reserve_bytes: int = limits.disk_reserve_bytes_default
+    checkpoint_wal_bytes: int = limits.checkpoint_wal_bytes_default
+    checkpoint_interval_seconds: float = limits.checkpoint_interval_seconds_default
+    replay_budget_seconds: float = limits.replay_budget_seconds_default
+    recovery_mode: str = "tolerate-torn-tail"
+    idempotency_ttl_seconds: float = limits.idempotency_ttl_seconds_default
+    batch_records_max: int = limits.batch_records_max
+    batch_bytes_max: int = limits.batch_bytes_max
+    submit_queue_requests_max: int = limits.submit_queue_requests_max
+    log_fsync_errors: bool = False
+    reader_threads: int = limits.reader_threads
+
+    def validate(self) -> None:
+        if self.fsync not in FSYNC_POLICIES:
+            raise InvalidInput(f"wal.fsync must be one of {', '.join(FSYNC_POLICIES)}, "
+                               f"got {self.fsync!r}")
+        if self.recovery_mode not in RECOVERY_MODES:
+            raise InvalidInput(f"wal.recovery_mode must be one of {', '.join(RECOVERY_MODES)}")
+        if not (limits.segment_size_bytes_min <= self.segment_size_bytes
+                <= limits.segment_size_bytes_max):
+            raise InvalidInput(
+                f"wal.segment_size_bytes must be between {limits.segment_size_bytes_min} and "
+                f"{limits.segment_size_bytes_max}, got {self.segment_size_bytes}")
+        for name in ("fsync_interval_ms", "batch_records_max", "batch_bytes_max",
+                     "submit_queue_requests_max", "reader_threads"):
+            if getattr(self, name) < 1:
+                raise InvalidInput(f"{name} must be at least 1")
+        for name in ("disk_reserve_bytes", "checkpoint_wal_bytes",
+                     "checkpoint_interval_seconds", "replay_budget_seconds",
+                     "idempotency_ttl_seconds"):
+            if getattr(self, name) < 0:
+                raise InvalidInput(f"{name} must not be negative")
+
+
+@dataclass
+class WriteRequest:
+    """One client request: becomes exactly one WAL record (or none, if refused)."""
+
+    type: RecordType
+    ops: list[dict[str, Any]] = field(default_factory=list)
+    idempotency_key: str | None = None
+    body_sha256: str | None = None
+
+    def size_hint(self) -> int:
+        return 256 + 512 * len(self.ops)
+
+
+@dataclass
+class WriteResult:
+    status: int
+    body: dict[str, Any]
+    lsn: int
+    idempotent_replay: bool = False
+
+
+@dataclass
+class ReplayProgress:
+    phase: str  # "opening", "replaying", "done", "failed"
+    bytes_done: int = 0
+    bytes_total: int = 0
+    records: int = 0
+    started_monotonic: float = 0.0
+    eta_seconds: float | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase, "bytes_done": self.bytes_done,
+                "bytes_total": self.bytes_total, "records": self.records,
+                "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 3),
+                "error": self.error}
+
+
+@dataclass
+class RecoveryReport:
+    start_lsn: int
+    end_lsn: int
+    records: int
+    bytes: int
+    seconds: float
+    torn_tail: dict[str, Any] | None = None
+    quarantined: list[str] = field(default_factory=list)
+    created: bool = False
+
+
+@dataclass
+class CheckpointReport:
+    checkpoint_lsn: int
+    removed_segments: list[str]
+    seconds: float
+    lowest_hold: int
+    holds: dict[str, int]
+
+
+@dataclass
+class _SegMeta:
+    seq: int
+    base_lsn: int
+    capacity_bytes: int
+
+
+class _Pending:
+    __slots__ = ("future", "request")
+
+    def __init__(self, request: WriteRequest) -> None:
+        self.request = request
+        self.future: cf.Future[WriteResult] = cf.Future()
+
+
+def rfc3339(unix: float) -> str:
+    return dt.datetime.fromtimestamp(unix, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_rfc3339(text: str) -> float:
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=dt.UTC).timestamp()
+
+
+def body_digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+class Engine:
+    """An open StemeDB data directory.
+
+    Typical use::
+
+        eng = Engine("/var/lib/stemedb")
+        eng.recover()          # replay the WAL since the last checkpoint
+        eng.start()            # start the writer thread
+        res = eng.submit(WriteRequest(RecordType.ASSERT, [{"assert": {...}}])).result()
+        eng.close()            # drain, checkpoint, close: the next start replays nothing
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str], config: EngineConfig | None = None,
+                 *, fs: FileSystem | None = None, metrics: Metrics | None = None,
+                 clock: Callable[[], float] = time.time, background: bool = True,
+                 on_checkpoint_durable: Callable[[str], None] | None = None) -> None:
+        self.config = config or EngineConfig()
+        self.config.validate()
+        self.data_dir = os.fspath(data_dir)
+        self.wal_dir = os.path.join(self.data_dir, "wal")
+        self.db_path = os.path.join(self.data_dir, "state.sqlite3")
+        self.fs = fs or OsFileSystem()
+        self.m = metrics or Metrics()
+        self.clock = clock
+        self._background = background
+        self._on_checkpoint_durable = on_checkpoint_durable
+        self._writer: WalWriter | None = None
+        self._wconn: sqlite3.Connection | None = None
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._queued = 0
+        self._queued_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._readers: cf.ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_lock = threading.Lock()
+        self._segments: list[_SegMeta] = []
+        self._holds: dict[str, int] = {}
+        self._hold_advanced: dict[str, float] = {}
+        self.fenced: WalFsyncFailed | None = None
+        self.accepting = False
+        self.closed = False
+        self.recovered = False
+        self.progress = ReplayProgress("opening")
+        self.checkpoint_lsn = 0
+        self.last_checkpoint_unix: float | None = None
+        self.last_checkpoint_error: str | None = None
+        self._last_checkpoint_mono = time.monotonic()
+        self._apply_bytes_per_s = float(limits.replay_throughput_bytes_per_second_initial)
+        self._last_fsync_mono = time.monotonic()
+        self._disk: DiskUsage | None = None
+        self._disk_checked_mono = 0.0
+        self.applied_records = 0
+        self.last_fsync_seconds: float | None = None
+
+    # ------------------------------------------------------------------ recovery --
+    def recover(self, progress: Callable[[ReplayProgress], None] | None = None
+                ) -> RecoveryReport:
+        """Open the state and replay the WAL from ``applied_end_lsn``.  Blocking."""
+        t0 = time.monotonic()
+        self.progress = ReplayProgress("opening", started_monotonic=t0)
+        self.m.replay_in_progress.set(1)
+        try:
+            report = self._recover(progress, t0)
+        except Exception as exc:
+            self.progress.phase = "failed"
+            self.progress.error = str(exc)
+            if isinstance(exc, CorruptionError):
+                log.error("%s", exc)
+            raise
+        finally:
+            self.m.replay_in_progress.set(0)
+        self.progress.phase = "done"
+        self.progress.eta_seconds = 0.0
+        self.recovered = True
+        self.m.replay_last_duration_seconds.set(report.seconds)
+        if report.records:
+            log.info("replayed %d WAL records (%d bytes, LSN %d..%d) in %.3fs",
+                     report.records, report.bytes, report.start_lsn, report.end_lsn,
+                     report.seconds)
+        return report
+
+    def _recover(self, progress: Callable[[ReplayProgress], None] | None, t0: float
+                 ) -> RecoveryReport:
+        self.fs.makedirs(self.wal_dir)
+        tmp = os.path.join(self.wal_dir, PREALLOC_NAME)
+        if self.fs.exists(tmp):
+            self.fs.remove(tmp)
+        os.makedirs(self.data_dir, exist_ok=True)
+        conn = self._wconn = st.connect(self.db_path)
+        applied = st.applied_end_lsn(conn)
+        self.applied_records = int(st.get_meta(conn, "applied_records") or 0)
+        self.checkpoint_lsn = int(st.get_meta(conn, "checkpoint_lsn") or 0)
+        for name, lsn, _ in conn.execute("SELECT name, lsn, updated_unix FROM holds"):
+            self._holds[name] = int(lsn)
+            self._hold_advanced[name] = time.time()
+        writer = self._writer = WalWriter(
+            self.fs, self.wal_dir, segment_size_bytes=self.config.segment_size_bytes,
+            background_preallocate=self._background, on_rotate=self._on_rotate)
+        chain = load_chain(self.fs, self.wal_dir)
+        segs = chain.segments
+        if not segs:
+            if applied is not None:
+                raise CorruptionError(segment_name(1), 0,
+                                      f"the WAL directory {self.wal_dir} has no segments but "
+                                      f"the state has applied up to LSN {applied}",
+                                      kind="missing_segment")
+            writer.create_first()
+            assert writer.header is not None
+            self._segments = [_SegMeta(1, 0, writer.header.capacity_bytes)]
+            self._genesis()
+            return RecoveryReport(0, writer.end_lsn, 1, 0, time.monotonic() - t0, created=True)
+        # Where replay starts.
+        first = segs[0]
+        if first.header is None:
+            raise CorruptionError(first.name, 0, f"bad segment header: {first.header_error}",
+                                  kind="bad_header")
+        start = applied if applied is not None else first.header.base_lsn + SEGMENT_HEADER_SIZE
+        if applied is None and first.seq != 1:
+            raise CorruptionError(first.name, 0, "the state is empty but the WAL does not "
+                                  "start at segment.001.wal", kind="missing_segment")
+        if start < first.header.base_lsn:
+            raise CorruptionError(first.name, 0, f"replay must start at LSN {start} but the "
+                                  f"oldest segment starts at LSN {first.header.base_lsn}",
+                                  kind="missing_segment")
+        idx = chain.locate(start)
+        report = RecoveryReport(start, start, 0, 0, 0.0)
+        # Chain faults after the start segment are corruption (or the point-in-time cut).
+        cut_at: int | None = None
+        for fault in chain.faults:
+            fidx = next(i for i, s in enumerate(segs) if s.name == fault.segment)
+            if fidx <= idx:
+                continue
+            if self.config.recovery_mode == "point-in-time":
+                cut_at = fidx if cut_at is None else min(cut_at, fidx)
+            else:
+                log.error("WAL segment %s corrupt: %s", fault.segment, fault.reason)
+                raise CorruptionError(fault.segment, 0, fault.reason, kind=fault.kind)
+        for i in range(idx, len(segs) if cut_at is None else cut_at):
+            s = segs[i]
+            if s.header is None or s.header_error:
+                is_last = i == len(segs) - 1
+                if is_last and self.config.recovery_mode != "absolute":
+                    # A segment whose header never became durable holds nothing durable.
+                    report.quarantined.append(self._quarantine(s.name, "torn"))
+                    segs = segs[:i]
+                    break
+                if self.config.recovery_mode == "point-in-time":
+                    cut_at = i
+                    break
+                raise CorruptionError(s.name, 0, f"bad segment header: {s.header_error}",
+                                      kind="bad_header")
+        if cut_at is not None:
+            for s in segs[cut_at:]:
+                report.quarantined.append(self._quarantine(s.name, "corrupted"))
+            segs = segs[:cut_at]
+        if not segs or idx >= len(segs):
+            raise CorruptionError(first.name, 0, "no readable segment holds the replay start "
+                                  f"LSN {start}", kind="missing_segment")
+        self._segments = [_SegMeta(s.seq, s.header.base_lsn, s.header.capacity_bytes)
+                          for s in segs if s.header]
+        last = segs[-1]
+        assert last.header is not None
+        total = max(0, self._estimate_end(last.path, last.header) - start)
+        self.progress = ReplayProgress("replaying", 0, total, 0, t0)
+        self.m.replay_bytes_total.set(total)
+        tail_header, tail_offset = segs[idx].header, start - segs[idx].header.base_lsn  # type: ignore[union-attr]
+        last_log = time.monotonic()
+        for i in range(idx, len(segs)):
+            s = segs[i]
+            assert s.header is not None
+            is_last = i == len(segs) - 1
+            off = (start - s.header.base_lsn) if i == idx else SEGMENT_HEADER_SIZE
+            with SegmentScanner(self.fs, s.path) as sc:
+                buf: list[Record] = []
+                for rec in sc.records(off):
+                    buf.append(rec)
+                    if len(buf) >= limits.replay_apply_records_max:
+                        self._replay_apply(buf, report)
+                        buf = []
+                        now = time.monotonic()
+                        self._report_progress(report, start, progress)
+                        if now - last_log >= limits.replay_progress_interval_seconds:
+                            last_log = now
+                            log.info("replaying WAL: %d/%d bytes, %d records, ETA %s s",
+                                     self.progress.bytes_done, self.progress.bytes_total,
+                                     report.records, self.progress.eta_seconds)
+                self._replay_apply(buf, report)
+                self._report_progress(report, start, progress)
+                tail_header, tail_offset = s.header, max(sc.end_offset, off)
+                if sc.damage is not None:
+                    doff, reason, followed = sc.damage
+                    lsn = s.header.base_lsn + doff
+                    torn = is_last and not followed
+                    if torn and self.config.recovery_mode != "absolute":
+                        report.torn_tail = self._cut_torn_tail(s.path, s.name, doff, reason, sc)
+                    elif self.config.recovery_mode == "point-in-time":
+                        report.torn_tail = self._cut_torn_tail(s.path, s.name, doff, reason, sc)
+                        for later in segs[i + 1:]:
+                            report.quarantined.append(self._quarantine(later.name,
+                                                                       "corrupted"))
+                        self._segments = [m for m in self._segments if m.seq <= s.seq]
+                        break
+                    else:
+                        kind = "torn_tail" if torn else "corrupt_record"
+                        log.error("WAL segment %s corrupt at offset %d (LSN %d): %s",
+                                  s.name, doff, lsn, reason)
+                        raise CorruptionError(s.name, doff, reason, lsn=lsn, kind=kind)
+        # Open the writer at the tail.  If the state is ahead of the WAL (records acked
+        # under fsync=interval/never and lost in a crash), continue in a fresh segment so
+        # the log never has a hole inside a segment.
+        assert tail_header is not None
+        wal_end = tail_header.base_lsn + tail_offset
+        applied_now = st.applied_end_lsn(conn) or wal_end
+        writer.open_tail(tail_header, tail_offset)
+        if applied_now > wal_end:
+            log.warning("the state is ahead of the WAL (LSN %d > %d): records acknowledged "
+                        "before fsync were lost in a crash (fsync=%s); continuing in a new "
+                        "segment", applied_now, wal_end, self.config.fsync)
+            writer.rotate()
+            if writer.end_lsn < applied_now:
+                raise CorruptionError(writer.segment, 0, f"the state is at LSN {applied_now}"
+                                      f", beyond the whole WAL", kind="gap")
+        report.end_lsn = writer.end_lsn
+        report.seconds = time.monotonic() - t0
+        if report.bytes >= limits.MiB and report.seconds > 0:
+            self._apply_bytes_per_s = report.bytes / report.seconds
+        self.m.replay_throughput_bytes_per_second.set(self._apply_bytes_per_s)
+        self._update_wal_gauges()
+        return report
+
+    def _estimate_end(self, path: str, header: SegmentHeader) -> int:
+        """End of written data in the last segment: find the last non-zero chunk."""
+        f = self.fs.open(path)
+        try:
+            size = min(f.size(), header.capacity_bytes)
+            pos = size
+            step = limits.replay_read_bytes_max
+            while pos > SEGMENT_HEADER_SIZE:  # bounded: capacity / step reads at most
+                lo = max(SEGMENT_HEADER_SIZE, pos - step)
+                chunk = f.pread(pos - lo, lo)
+                stripped = chunk.rstrip(b"\0")
+                if stripped:
+                    return header.base_lsn + lo + len(stripped)
+                pos = lo
+            return header.base_lsn + SEGMENT_HEADER_SIZE
+        finally:
+            f.close()
+
+    def _report_progress(self, report: RecoveryReport, start: int,
+                         cb: Callable[[ReplayProgress], None] | None) -> None:
+        p = self.progress
+        p.bytes_done = report.bytes
+        p.records = report.records
+        elapsed = time.monotonic() - p.started_monotonic
+        if p.bytes_done > 0 and elapsed > 0:
+            rate = p.bytes_done / elapsed
+            p.eta_seconds = max(0.0, (p.bytes_total - p.bytes_done) / rate)
+        self.m.replay_bytes_done.set(p.bytes_done)
+        if cb is not None:
+            cb(p)
+
+    def _replay_apply(self, recs: list[Record], report: RecoveryReport) -> None:
+        if not recs:
+            return
+        conn = self._wconn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for rec in recs:
+                payload = json.loads(rec.payload)
+                try:
+                    status, body = st.apply_record(conn, rec.type, payload, rec.lsn)
+                except StemeError as exc:
+                    raise CorruptionError(rec.segment, rec.offset,
+                                          f"record at LSN {rec.lsn} does not apply to the "
+                                          f"state: {exc}", lsn=rec.lsn,
+                                          kind="corrupt_record") from exc
+                if payload.get("k"):
+                    conn.execute("DELETE FROM idempotency WHERE key=?", (payload["k"],))
+                    st.record_idempotency(conn, payload["k"], payload["h"], status, body,
+                                          rec.lsn, parse_rfc3339(payload["t"]))
+                report.bytes += rec.size
+            self.applied_records += len(recs)
+            st.set_meta(conn, "applied_end_lsn", recs[-1].end_lsn)
+            st.set_meta(conn, "applied_records", self.applied_records)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        report.records += len(recs)
+        self.m.replay_records_total.inc(len(recs))
+
+    def _cut_torn_tail(self, path: str, name: str, off: int, reason: str,
+                       sc: SegmentScanner) -> dict[str, Any]:
+        """Save the torn bytes aside, then zero them, so the segment ends cleanly."""
+        f = self.fs.open(path)
+        try:
+            end = off
+            pos = off
+            while pos < sc.limit:  # find the end of non-zero data; bounded by the segment
+                chunk = f.pread(min(limits.replay_read_bytes_max, sc.limit - pos), pos)
+                if not chunk:
+                    break
+                stripped = chunk.rstrip(b"\0")
+                if stripped:
+                    end = pos + len(stripped)
+                pos += len(chunk)
+            cut = f.pread(end - off, off) if end > off else b""
+            aside = None
+            if cut:
+                aside = f"{path}.torn-{off}"
+                g = self.fs.open(aside, create=True)
+                try:
+                    g.pwrite(cut, 0)
+                    g.sync()
+                finally:
+                    g.close()
+                f.pwrite(bytes(len(cut)), off)
+                f.sync()
+                self.fs.sync_dir(self.wal_dir)
+        finally:
+            f.close()
+        info = {"segment": name, "offset": off, "bytes_cut": len(cut), "reason": reason,
+                "saved_to": aside}
+        log.warning("WAL torn tail in %s at offset %d: %s; cut %d bytes (saved to %s)",
+                    name, off, reason, len(cut), aside)
+        return info
+
+    def _quarantine(self, name: str, suffix: str) -> str:
+        src = os.path.join(self.wal_dir, name)
+        dst = f"{src}.{suffix}"
+        self.fs.rename(src, dst)
+        self.fs.sync_dir(self.wal_dir)
+        log.error("WAL segment %s quarantined as %s (recovery mode %s)", name,
+                  os.path.basename(dst), self.config.recovery_mode)
+        return os.path.basename(dst)
+
+    def _genesis(self) -> None:
+        """The first record of a new database opens epoch 1."""
+        assert self._wconn is not None and self._writer is not None
+        self._commit([_Pending(WriteRequest(RecordType.GENESIS))], sync=True)
+
+    # ------------------------------------------------------------------ lifecycle --
+    def start(self) -> None:
+        if not self.recovered:
+            raise RuntimeError("Engine.start() before recover()")
+        self.accepting = True
+        if self._background:
+            self._thread = threading.Thread(target=self._run, name="stemedb-writer",
+                                            daemon=True)
+            self._thread.start()
+        self._readers = cf.ThreadPoolExecutor(max_workers=self.config.reader_threads,
+                                              thread_name_prefix="stemedb-reader")
+
+    def drain(self, timeout_seconds: float = limits.http_drain_grace_seconds) -> None:
+        """Stop taking writes, finish those queued, checkpoint."""
+        self.accepting = False
+        if self._thread is not None and self._thread.is_alive():
+            fut: cf.Future[Any] = cf.Future()
+            self._queue.put(("checkpoint", fut))
+            with contextlib.suppress(Exception):
+                fut.result(timeout=timeout_seconds)
+
+    def close(self, timeout_seconds: float = limits.http_drain_grace_seconds) -> None:
+        if self.closed:
+            return
+        self.accepting = False
+        if self._thread is not None and self._thread.is_alive():
+            fut: cf.Future[Any] = cf.Future()
+            self._queue.put(("stop", fut))
+            self._thread.join(timeout=timeout_seconds)
+        elif self.recovered and self.fenced is None and self._wconn is not None:
+            with contextlib.suppress(Exception):
+                self._checkpoint()
+        self.closed = True
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
+        for c in self._reader_conns:
+            c.close()
+        if self._writer is not None:
+            self._writer.close()
+        if self._wconn is not None:
+            self._wconn.close()
+
+    # ------------------------------------------------------------------ writes ----
+    def submit(self, request: WriteRequest) -> cf.Future[WriteResult]:
+        """Queue a write; the future resolves once it is durable and applied."""
+        if self.fenced is not None:
+            raise self._fence_error()
+        if self.closed or not self.accepting:
+            raise Unavailable("not accepting writes (starting, draining or stopped)",
+                              code="not_accepting")
+        with self._queued_lock:
+            if self._queued >= self.config.submit_queue_requests_max:
+                raise Unavailable(f"write queue full ({self.config.submit_queue_requests_max}"
+                                  " requests)", code="queue_full")
+            self._queued += 1
+        p = _Pending(request)
+        if self._background:
+            self._queue.put(("write", p))
+        else:
+            with self._queued_lock:
+                self._queued -= 1
+            self._commit([p])
+        return p.future
+
+    def _fence_error(self) -> WalFsyncFailed:
+        assert self.fenced is not None
+        return WalFsyncFailed(f"writes are fenced after a WAL failure: {self.fenced.message}",
+                              segment=self.fenced.segment,
+                              hint="check the disk (see the WALFsyncFailure runbook), "
+                                   "then restart stemedb-api")
+
+    def _run(self) -> None:
+        """The writer thread."""
+        cfg = self.config
+        stop: cf.Future[Any] | None = None
+        while stop is None:
+            timeout = 0.25
+            if cfg.fsync == "interval":
+                due = self._last_fsync_mono + cfg.fsync_interval_ms / 1000 - time.monotonic()
+                timeout = max(0.0, min(timeout, due))
+            batch: list[_Pending] = []
+            controls: list[tuple[str, Any]] = []
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            nbytes = 0
+            # Bounded: at most batch_records_max requests are taken per group commit.
+            while item is not None:
+                kind, obj = item
+                if kind == "write":
+                    batch.append(obj)
+                    nbytes += obj.request.size_hint()
+                else:
+                    controls.append(item)
+                    if kind == "stop":
+                        break
+                if len(batch) >= cfg.batch_records_max or nbytes >= cfg.batch_bytes_max:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    item = None
+            if batch:
+                with self._queued_lock:
+                    self._queued -= len(batch)
+                try:
+                    self._commit(batch)
+                except Exception as exc:  # never let the writer thread die silently
+                    log.exception("writer failed: %s", exc)
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.set_exception(exc)
+            for kind, obj in controls:
+                try:
+                    if kind == "checkpoint":
+                        obj.set_result(self._checkpoint())
+                    elif kind == "hold":
+                        name, lsn, fut = obj
+                        fut.set_result(self._set_hold(name, lsn))
+                    elif kind == "call":
+                        fn, fut = obj
+                        fut.set_result(fn())
+                    elif kind == "stop":
+                        stop = obj
+                except Exception as exc:
+                    target = obj if kind != "hold" else obj[2]
+                    if isinstance(target, cf.Future) and not target.done():
+                        target.set_exception(exc)
+            self._periodic()
+        # Stop: fail whatever is still queued, then a final checkpoint.
+        while True:
+            try:
+                kind, obj = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "write":
+                obj.future.set_exception(Unavailable("the server is stopping",
+                                                     code="not_accepting"))
+        try:
+            if self.fenced is None:
+                self._checkpoint()
+            stop.set_result(None)
+        except Exception as exc:
+            log.error("final checkpoint failed: %s", exc)
+            stop.set_exception(exc)
+
+    def _periodic(self) -> None:
+        cfg = self.config
+        w = self._writer
+        if w is None or self.fenced is not None:
+            return
+        now = time.monotonic()
+        if cfg.fsync == "interval" and w.needs_sync() and (
+                now - self._last_fsync_mono >= cfg.fsync_interval_ms / 1000):
+            try:
+                self._timed_sync()
+            except WalOpError as exc:
+                self._fence(exc)
+        self._maybe_checkpoint()
+        self._probe_disk()
+
+    def _probe_disk(self, force: bool = False) -> DiskUsage | None:
+        now = time.monotonic()
+        if force or self._disk is None or (
+                now - self._disk_checked_mono >= limits.disk_probe_interval_seconds):
+            try:
+                self._disk = self.fs.disk_usage(self.wal_dir)
+            except OSError as exc:
+                self.m.storage_errors_total.labels(operation="statvfs").inc()
+                log.error("cannot read free space of %s: %s", self.wal_dir, exc)
+                return self._disk
+            self._disk_checked_mono = now
+            d = self._disk
+            self.m.wal_fs_free_bytes.set(d.free_bytes)
+            self.m.wal_fs_size_bytes.set(d.size_bytes)
+            self.m.wal_fs_free_inodes.set(d.free_inodes)
+            self.m.wal_fs_inodes.set(d.inodes)
+            self.m.disk_guard_reserve_bytes.set(self.config.disk_reserve_bytes)
+        return self._disk
+
+    def disk_guard_refuses(self) -> bool:
+        d = self._probe_disk()
+        return d is not None and d.free_bytes < self.config.disk_reserve_bytes
+
+    def _commit(self, batch: list[_Pending], *, sync: bool | None = None) -> None:
+        """One group commit.  Runs on the writer thread only."""
+        conn, w = self._wconn, self._writer
+        assert conn is not None and w is not None
+        if self.fenced is not None:
+            err = self._fence_error()
+            for p in batch:
+                p.future.set_exception(err)
+            return
+        if self.disk_guard_refuses() and batch[0].request.type != RecordType.GENESIS:
+            d = self._disk
+            assert d is not None
+            self.m.disk_guard_refusals_total.inc(len(batch))
+            err2 = InsufficientStorage(
+                f"the disk guard refuses writes: {d.free_bytes} bytes free on the WAL "
+                f"filesystem, under the reserve of {self.config.disk_reserve_bytes} bytes",
+                hint="free space or grow the filesystem holding the WAL (see the disk-full "
+                     "runbook); reads keep working")
+            for p in batch:
+                p.future.set_exception(err2)
+            return
+        now = self.clock()
+        ts = rfc3339(now)
+        frames: list[tuple[int, int, bytes]] = []
+        done: list[tuple[_Pending, WriteResult]] = []
+        cap = min(limits.record_payload_bytes_max, w.record_capacity())
+        apply_t0 = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for p in batch:
+                req = p.request
+                if req.idempotency_key is not None:
+                    found = st.lookup_idempotency(conn, req.idempotency_key)
+                    if found is not None:
+                        if found[0] != req.body_sha256:
+                            p.future.set_exception(IdempotencyConflict(
+                                "this Idempotency-Key was used with a different request body",
+                                hint="use a new key for a new request"))
+                        else:
+                            done.append((p, WriteResult(found[1], found[2],
+                                                        int(found[2].get("lsn", 0)), True)))
+                        continue
+                payload: dict[str, Any] = {"t": ts}
+                if req.type not in (RecordType.SEAL, RecordType.GENESIS):
+                    payload["ops"] = req.ops
+                if req.idempotency_key is not None:
+                    payload["k"] = req.idempotency_key
+                    payload["h"] = req.body_sha256
+                data = encode_json(payload).encode()
+                if len(data) > cap:
+                    p.future.set_exception(TooLarge(
+                        f"the record is {len(data)} bytes; the limit is {cap} bytes "
+                        f"(segment_size_bytes={self.config.segment_size_bytes})"))
+                    continue
+                mark = w.plan_mark()
+                lsn = w.plan(len(data))
+                conn.execute("SAVEPOINT req")
+                try:
+                    status, body = st.apply_record(conn, req.type, payload, lsn)
+                    if req.idempotency_key is not None:
+                        conn.execute("DELETE FROM idempotency WHERE key=?",
+                                     (req.idempotency_key,))
+                        st.record_idempotency(conn, req.idempotency_key,
+                                              req.body_sha256 or "", status, body, lsn, now)
+                    conn.execute("RELEASE req")
+                except StemeError as exc:
+                    conn.execute("ROLLBACK TO req")
+                    conn.execute("RELEASE req")
+                    w.plan_reset_to(mark)
+                    p.future.set_exception(exc)
+                    continue
+                frames.append((int(req.type), lsn, data))
+                done.append((p, WriteResult(status, body, lsn)))
+            if frames:
+                end = frames[-1][1] + frame_size(len(frames[-1][2]))
+                self.applied_records += len(frames)
+                st.set_meta(conn, "applied_end_lsn", end)
+                st.set_meta(conn, "applied_records", self.applied_records)
+            apply_s = time.perf_counter() - apply_t0
+            if frames:
+                nbytes = sum(frame_size(len(f[2])) for f in frames)
+                w.write(frames)
+                if sync or (sync is None and self.config.fsync == "always"):
+                    self._timed_sync()
+                self.m.wal_bytes_written_total.inc(nbytes)
+                self.m.wal_records_written_total.inc(len(frames))
+                self.m.group_commit_batch_records.observe(len(frames))
+                self.m.group_commit_batch_bytes.observe(nbytes)
+                if apply_s > 0 and nbytes > 4096:
+                    self._apply_bytes_per_s = (0.9 * self._apply_bytes_per_s
+                                               + 0.1 * nbytes / apply_s)
+            conn.execute("COMMIT")
+        except WalOpError as exc:
+            self.applied_records -= len(frames)
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            self._fence(exc)
+            err3 = self._fence_error()
+            for p, r in done:
+                if r.idempotent_replay:
+                    p.future.set_result(r)
+                else:
+                    p.future.set_exception(err3)
+            return
+        except BaseException as exc:
+            self.applied_records -= len(frames)
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            if frames:
+                # The records may be in the WAL already; the state no longer matches the
+                # writer's position, so stop taking writes until a restart replays.
+                self._fence(WalOpError("apply", w.segment, OSError(5, str(exc))))
+            raise
+        for p, r in done:
+            p.future.set_result(r)
+        self._update_wal_gauges()
+
+    def _timed_sync(self) -> None:
+        w = self._writer
+        assert w is not None
+        t0 = time.perf_counter()
+        try:
+            w.sync()
+        finally:
+            d = time.perf_counter() - t0
+            self.last_fsync_seconds = d
+            self._last_fsync_mono = time.monotonic()
+            self.m.wal_fsync_duration.observe(d)
+            self.m.wal_fsync_latency.observe(d)
+            if d >= limits.slow_fsync_warn_seconds:
+                log.warning("slow WAL fsync: %.3fs on %s (threshold %.3fs)", d, w.segment,
+                            limits.slow_fsync_warn_seconds)
+
+    def _fence(self, exc: WalOpError) -> None:
+        if exc.operation == "fsync":
+            self.m.wal_fsync_errors_total.labels(segment=exc.segment).inc()
+            msg = (f"fsync failed: Error: Failed to fsync WAL segment {exc.segment}: "
+                   f"{os.strerror(exc.errno) if exc.errno else exc}")
+        else:
+            msg = (f"WAL write error: Error: Failed to {exc.operation} WAL segment "
+                   f"{exc.segment}: {os.strerror(exc.errno) if exc.errno else exc}")
+        self.m.storage_errors_total.labels(operation=exc.operation).inc()
+        first = self.fenced is None
+        self.fenced = WalFsyncFailed(msg, segment=exc.segment)
+        self.m.wal_writes_fenced.set(1)
+        if first:
+            self.m.wal_fenced_total.inc()
+            log.error("%s; writes are fenced until restart (nothing is retried)", msg)
+        if self.config.log_fsync_errors:
+            log.error("WAL fsync debug: operation=%s segment=%s errno=%s end_lsn=%s "
+                      "synced_lsn=%s", exc.operation, exc.segment, exc.errno,
+                      self._writer.end_lsn if self._writer else None,
+                      self._writer.synced_lsn if self._writer else None)
+
+    def _on_rotate(self, name: str) -> None:
+        self.m.wal_segment_rotations_total.inc()
+        w = self._writer
+        if w is not None and w.header is not None:
+            self._segments.append(_SegMeta(w.header.seq, w.header.base_lsn,
+                                           w.header.capacity_bytes))
+        log.info("WAL rotated to %s", name)
+
+    def _update_wal_gauges(self) -> None:
+        w = self._writer
+        if w is None or w.header is None:
+            return
+        end = w.end_lsn
+        self.m.wal_end_lsn.set(end)
+        self.m.wal_segments.set(len(self._segments))
+        self.m.wal_size_bytes.set(sum(s.capacity_bytes for s in self._segments))
+        debt = max(0, end - self.checkpoint_lsn)
+        self.m.wal_replay_debt_bytes.set(debt)
+        self.m.wal_replay_debt_seconds.set(debt / max(self._apply_bytes_per_s, 1.0))
+        for name, lsn in self._holds.items():
+            self.m.hold_lag_bytes.labels(hold=name).set(max(0, end - lsn))
+
+    # ------------------------------------------------------------------ checkpoints
+    def replay_debt_bytes(self) -> int:
+        w = self._writer
+        return 0 if w is None or w.header is None else max(0, w.end_lsn - self.checkpoint_lsn)
+
+    def replay_debt_seconds(self) -> float:
+        return self.replay_debt_bytes() / max(self._apply_bytes_per_s, 1.0)
+
+    def _maybe_checkpoint(self) -> None:
+        cfg = self.config
+        debt = self.replay_debt_bytes()
+        if debt <= SEGMENT_HEADER_SIZE:
+            return
+        due = (debt >= cfg.checkpoint_wal_bytes
+               or self.replay_debt_seconds() >= cfg.replay_budget_seconds
+               or time.monotonic() - self._last_checkpoint_mono >= cfg.checkpoint_interval_seconds)
+        if due:
+            with contextlib.suppress(StemeError, sqlite3.Error, OSError):
+                self._checkpoint()
+
+    def checkpoint(self) -> cf.Future[CheckpointReport]:
+        """Checkpoint now (on the writer thread)."""
+        fut: cf.Future[CheckpointReport] = cf.Future()
+        if self._background and self._thread is not None and self._thread.is_alive():
+            self._queue.put(("checkpoint", fut))
+        else:
+            try:
+                fut.set_result(self._checkpoint())
+            except Exception as exc:
+                fut.set_exception(exc)
+        return fut
+
+    def _checkpoint(self) -> CheckpointReport:
+        conn, w = self._wconn, self._writer
+        assert conn is not None and w is not None
+        t0 = time.monotonic()
+        try:
+            if self.fenced is not None:
+                raise self._fence_error()
+            try:
+                if w.needs_sync():
+                    self._timed_sync()
+            except WalOpError as exc:
+                self._fence(exc)
+                raise self._fence_error() from exc
+            lsn = st.applied_end_lsn(conn) or w.end_lsn
+            cutoff = self.clock() - self.config.idempotency_ttl_seconds
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("DELETE FROM idempotency WHERE created_unix < ?", (cutoff,))
+            st.set_meta(conn, "checkpoint_lsn", lsn)
+            conn.execute("COMMIT")
+            busy, frames, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if busy or (frames >= 0 and done < frames):
+                raise Unavailable(f"SQLite checkpoint incomplete (busy={busy}, "
+                                  f"{done}/{frames} frames); will retry", code="checkpoint_busy")
+            self.checkpoint_lsn = lsn
+            if self._on_checkpoint_durable is not None:
+                self._on_checkpoint_durable(self.db_path)
+            lowest = min([lsn, *self._holds.values()])
+            removed = []
+            assert w.header is not None
+            keep: list[_SegMeta] = []
+            for s in self._segments:
+                if s.seq != w.header.seq and s.base_lsn + s.capacity_bytes <= lowest:
+                    try:
+                        self.fs.remove(os.path.join(self.wal_dir, segment_name(s.seq)))
+                    except FileNotFoundError:
+                        pass
+                    removed.append(segment_name(s.seq))
+                else:
+                    keep.append(s)
+            if removed:
+                self._segments = keep
+                self.fs.sync_dir(self.wal_dir)
+        except Exception as exc:
+            self.m.checkpoint_failures_total.inc()
+            self.last_checkpoint_error = str(exc)
+            log.error("checkpoint failed: %s", exc)
+            raise
+        secs = time.monotonic() - t0
+        self.last_checkpoint_unix = time.time()
+        self.last_checkpoint_error = None
+        self._last_checkpoint_mono = time.monotonic()
+        self.m.checkpoint_duration_seconds.observe(secs)
+        self.m.checkpoint_last_success_timestamp_seconds.set(self.last_checkpoint_unix)
+        self.m.checkpoint_lsn.set(lsn)
+        self._update_wal_gauges()
+        if removed:
+            log.info("checkpoint at LSN %d removed %s", lsn, ", ".join(removed))
+        return CheckpointReport(lsn, removed, secs, lowest, dict(self._holds))
+
+    # ------------------------------------------------------------------ holds -----
+    def set_hold(self, name: str, lsn: int) -> cf.Future[int]:
+        """Keep WAL from ``lsn`` on (an archiver's or replica's position)."""
+        fut: cf.Future[int] = cf.Future()
+        if self._background and self._thread is not None and self._thread.is_alive():
+            self._queue.put(("hold", (name, lsn, fut)))
+        else:
+            fut.set_result(self._set_hold(name, lsn))
+        return fut
+
+    def _set_hold(self, name: str, lsn: int) -> int:
+        conn = self._wconn
+        assert conn is not None
+        if lsn < 0:
+            conn.execute("DELETE FROM holds WHERE name=?", (name,))
+            self._holds.pop(name, None)
+            self._hold_advanced.pop(name, None)
+            self.m.hold_lsn.remove(name) if name in self._holds else None
+            return -1
+        old = self._holds.get(name)
+        conn.execute("INSERT INTO holds(name, lsn, updated_unix) VALUES(?,?,?) ON CONFLICT(name)"
+                     " DO UPDATE SET lsn=excluded.lsn, updated_unix=excluded.updated_unix",
+                     (name, lsn, time.time()))
+        self._holds[name] = lsn
+        if old is None or lsn != old:
+            self._hold_advanced[name] = time.time()
+            self.m.hold_last_advance_timestamp_seconds.labels(hold=name).set(
+                self._hold_advanced[name])
+        self.m.hold_lsn.labels(hold=name).set(lsn)
+        self._update_wal_gauges()
+        return lsn
+
+    def holds(self) -> dict[str, dict[str, Any]]:
+        end = self._writer.end_lsn if self._writer and self._writer.header else 0
+        return {n: {"lsn": lsn, "lag_bytes": max(0, end - lsn),
+                    "last_advance_unix": self._hold_advanced.get(n)}
+                for n, lsn in self._holds.items()}
+
+    # ------------------------------------------------------------------ reads -----
+    def _reader_conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = st.connect(self.db_path, readonly=True)
+            self._local.conn = conn
+            with self._reader_lock:
+                self._reader_conns.append(conn)
+        return conn
+
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> cf.Future[T]:
+        """Run ``fn(conn)`` on one of the engine's reader threads."""
+        if self._readers is None:
+            raise Closed("the engine is not started")
+        return self._readers.submit(lambda: fn(self._reader_conn()))
+
+    def read_now(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the calling thread (for tools and tests; not the event loop)."""
+        conn = st.connect(self.db_path, readonly=True)
+        try:
+            return fn(conn)
+        finally:
+            conn.close()
+
+    # ------------------------------------------------------------------ status ----
+    def status(self) -> dict[str, Any]:
+        """A cheap snapshot of the engine (no I/O but a cached statvfs)."""
+        w = self._writer
+        d = self._disk
+        return {
+            "wal": {
+                "dir": self.wal_dir,
+                "segment": w.segment if w and w.header else None,
+                "segments": len(self._segments),
+                "size_bytes": sum(s.capacity_bytes for s in self._segments),
+                "end_lsn": w.end_lsn if w and w.header else None,
+                "synced_lsn": w.synced_lsn if w and w.header else None,
+                "fsync_policy": self.config.fsync,
+                "segment_size_bytes": self.config.segment_size_bytes,
+            },
+            "fsync": {
+                "fenced": self.fenced is not None,
+                "error": self.fenced.message if self.fenced else None,
+                "last_seconds": self.last_fsync_seconds,
+                "p99_seconds": _nan_to_none(self.m.wal_fsync_duration.quantile(0.99)),
+            },
+            "checkpoint": {
+                "lsn": self.checkpoint_lsn,
+                "last_unix": self.last_checkpoint_unix,
+                "last_error": self.last_checkpoint_error,
+                "replay_debt_bytes": self.replay_debt_bytes(),
+                "replay_debt_seconds": round(self.replay_debt_seconds(), 4),
+                "replay_budget_seconds": self.config.replay_budget_seconds,
+            },
+            "replay": self.progress.as_dict(),
+            "disk": None if d is None else {
+                "free_bytes": d.free_bytes, "size_bytes": d.size_bytes,
+                "free_inodes": d.free_inodes, "reserve_bytes": self.config.disk_reserve_bytes,
+                "refusing_writes": d.free_bytes < self.config.disk_reserve_bytes},
+            "holds": self.holds(),
+            "archive": {"configured": False,
+                        "note": "no archiver is built yet; holds are the hook it will use"},
+            "applied_records": self.applied_records,
+            "accepting_writes": self.accepting and self.fenced is None,
+        }
+
+
+def _nan_to_none(v: float) -> float | None:
+    return None if v != v else v

@@ -1,0 +1,113 @@
+"""One error tree for StemeDB, rooted in :class:`StemeError`.
+
+Every error carries a stable snake_case ``code`` (what the HTTP API and scripts
+see) and an optional ``hint`` saying what to try next.
+"""
+
+from __future__ import annotations
+
+
+class StemeError(Exception):
+    """Base of every error StemeDB raises on purpose."""
+
+    code = "internal_error"
+    http_status = 500
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message} (try: {self.hint})"
+        return self.message
+
+
+class InvalidInput(StemeError):
+    """The request is malformed; nothing was written."""
+
+    code = "invalid_input"
+    http_status = 400
+
+    def __init__(self, message: str, *, code: str | None = None, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        if code is not None:
+            self.code = code
+
+
+class NotFound(StemeError):
+    code = "not_found"
+    http_status = 404
+
+
+class Conflict(StemeError):
+    code = "conflict"
+    http_status = 409
+
+
+class IdempotencyConflict(Conflict):
+    code = "idempotency_key_reused"
+
+
+class TooLarge(StemeError):
+    code = "too_large"
+    http_status = 413
+
+
+class Unavailable(StemeError):
+    """Temporarily unable to take the request (replaying, draining, queue full)."""
+
+    code = "unavailable"
+    http_status = 503
+
+    def __init__(self, message: str, *, code: str = "unavailable", hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.code = code
+
+
+class InsufficientStorage(StemeError):
+    """The disk guard refuses writes: free space on the WAL filesystem is under the reserve."""
+
+    code = "insufficient_storage"
+    http_status = 507
+
+
+class WalFsyncFailed(StemeError):
+    """The WAL could not be made durable.  The writer is fenced until restart."""
+
+    code = "wal_fsync_failed"
+    http_status = 500
+
+    def __init__(self, message: str, *, segment: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.segment = segment
+
+
+class CorruptionError(StemeError):
+    """A WAL record that was durable is unreadable.  Recovery stops; nothing is guessed."""
+
+    code = "wal_corrupt"
+    http_status = 500
+
+    def __init__(self, segment: str, offset: int, reason: str, *, lsn: int | None = None,
+                 kind: str = "corrupt_record") -> None:
+        self.segment = segment
+        self.offset = offset
+        self.reason = reason
+        self.lsn = lsn
+        self.kind = kind
+        hint = (f"stemedb wal verify --file {segment}, then stemedb-wal-repair "
+                f"--segment {segment} --output <new> --truncate-at {offset}")
+        super().__init__(f"WAL segment {segment} corrupt at offset {offset}: {reason}",
+                         hint=hint)
+
+
+class ConfigError(StemeError):
+    code = "config_error"
+    http_status = 500
+
+
+class Closed(StemeError):
+    code = "closed"
+    http_status = 503

@@ -1,0 +1,62 @@
+"""Every bound StemeDB enforces, in one place, each with its unit.
+
+A limit that is not named here is a bug: every queue, loop, batch and retry in the
+code refers to one of these names.  Configurable limits have their defaults here and
+are overridden through :mod:`stemedb.config`.
+"""
+
+from __future__ import annotations
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+# --- data model (SPEC.md) -------------------------------------------------------
+subject_bytes_max = 512
+predicate_bytes_max = 256
+author_bytes_max = 256
+voter_bytes_max = 256
+source_bytes_max = 2048
+object_bytes_max = 64 * KiB  # the JSON encoding of `object`
+json_depth_max = 32  # nesting of arrays/objects inside `object`
+batch_ops_max = 1000  # ops in one POST /v1/batch
+list_limit_max = 1000  # items in one page of GET /v1/assertions
+list_limit_default = 100
+idempotency_key_bytes_max = 256
+
+# --- HTTP -----------------------------------------------------------------------
+http_body_bytes_max = 8 * MiB  # checked from Content-Length before the body is read
+http_drain_grace_seconds = 30.0  # SIGTERM / drain: how long in-flight writes may take
+http_retry_after_seconds = 1  # Retry-After on 503
+
+# --- WAL ------------------------------------------------------------------------
+segment_size_bytes_default = 64 * MiB
+segment_size_bytes_min = 64 * KiB
+segment_size_bytes_max = 1 * GiB
+record_payload_bytes_max = 16 * MiB  # and never more than a segment minus its header
+batch_records_max = 1024  # requests taken by one group commit
+batch_bytes_max = 8 * MiB  # bytes appended by one group commit (at least one record)
+submit_queue_requests_max = 16384  # requests waiting for the writer; more get 503
+fsync_interval_ms_default = 100
+slow_fsync_warn_seconds = 0.1  # a slower fdatasync is logged as a warning
+fsync_window_samples_max = 4096  # samples kept for the sliding-window quantiles
+fsync_window_seconds = 60.0  # age of the oldest sample kept for the quantiles
+
+# --- disk guard -----------------------------------------------------------------
+disk_reserve_bytes_default = 256 * MiB  # writes are refused below this much free space
+disk_probe_interval_seconds = 0.5  # how stale the free-space reading may be
+
+# --- checkpoints ----------------------------------------------------------------
+checkpoint_wal_bytes_default = 256 * MiB  # checkpoint when this much WAL is unapplied-to-disk
+checkpoint_interval_seconds_default = 300.0
+replay_budget_seconds_default = 1.0  # checkpoint when estimated replay exceeds this
+replay_throughput_bytes_per_second_initial = 20 * MiB  # used until replay is measured
+idempotency_ttl_seconds_default = 24 * 3600
+
+# --- recovery -------------------------------------------------------------------
+replay_read_bytes_max = 4 * MiB  # one read from a segment during replay
+replay_apply_records_max = 2048  # records applied per SQLite transaction during replay
+replay_progress_interval_seconds = 2.0  # log line cadence during replay
+
+# --- reads ----------------------------------------------------------------------
+reader_threads = 4  # SQLite read connections owned by the engine

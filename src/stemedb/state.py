@@ -1,0 +1,310 @@
+"""The materialized state: SQLite in WAL mode, and the domain rules that build it.
+
+:func:`apply_record` is the one state transition.  The writer calls it while it
+validates a request (inside a SAVEPOINT, before the record is written), and
+recovery calls it again for every record it replays, so a replay reproduces the
+state - and every sealed epoch's digest - bit for bit.  ``applied_end_lsn`` (the
+LSN just past the last applied record) is written in the same transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from typing import Any
+
+from .errors import NotFound, StemeError
+from .wal import RecordType
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS assertions (
+    id INTEGER PRIMARY KEY,
+    subject TEXT NOT NULL, predicate TEXT NOT NULL, object TEXT NOT NULL,
+    author TEXT NOT NULL, confidence REAL, source TEXT,
+    epoch INTEGER NOT NULL, lsn INTEGER NOT NULL, created_at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS assertions_subject ON assertions(subject, id);
+CREATE INDEX IF NOT EXISTS assertions_predicate ON assertions(predicate, id);
+CREATE INDEX IF NOT EXISTS assertions_author ON assertions(author, id);
+CREATE INDEX IF NOT EXISTS assertions_epoch ON assertions(epoch, id);
+CREATE TABLE IF NOT EXISTS votes (
+    epoch INTEGER NOT NULL, assertion_id INTEGER NOT NULL, voter TEXT NOT NULL,
+    value INTEGER NOT NULL, lsn INTEGER NOT NULL, updated_at TEXT NOT NULL,
+    PRIMARY KEY (assertion_id, epoch, voter)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS votes_epoch ON votes(epoch, assertion_id);
+CREATE TABLE IF NOT EXISTS epochs (
+    n INTEGER PRIMARY KEY, opened_at TEXT NOT NULL, sealed_at TEXT, digest TEXT,
+    assertions INTEGER NOT NULL DEFAULT 0, votes INTEGER NOT NULL DEFAULT 0,
+    results INTEGER NOT NULL DEFAULT 0, seal_lsn INTEGER);
+CREATE TABLE IF NOT EXISTS results (
+    epoch INTEGER NOT NULL, assertion_id INTEGER NOT NULL,
+    support INTEGER NOT NULL, dispute INTEGER NOT NULL, score INTEGER NOT NULL,
+    status TEXT NOT NULL, PRIMARY KEY (epoch, assertion_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency (
+    key TEXT PRIMARY KEY, body_sha256 TEXT NOT NULL, status INTEGER NOT NULL,
+    response TEXT NOT NULL, lsn INTEGER NOT NULL, created_unix REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_age ON idempotency(created_unix);
+CREATE TABLE IF NOT EXISTS holds (
+    name TEXT PRIMARY KEY, lsn INTEGER NOT NULL, updated_unix REAL NOT NULL) WITHOUT ROWID;
+"""
+
+
+def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA query_only=ON")
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # Our WAL is the durability; SQLite's file is made durable at checkpoints.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.executescript(SCHEMA)
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute("PRAGMA cache_size=-65536")
+    return conn
+
+
+def get_meta(conn: sqlite3.Connection, key: str) -> Any:
+    row = conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+    return None if row is None else row[0]
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: Any) -> None:
+    conn.execute("INSERT INTO meta(key, value) VALUES(?, ?) "
+                 "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
+
+
+def applied_end_lsn(conn: sqlite3.Connection) -> int | None:
+    v = get_meta(conn, "applied_end_lsn")
+    return None if v is None else int(v)
+
+
+def open_epoch(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT n FROM epochs WHERE sealed_at IS NULL").fetchone()
+    if row is None:
+        raise NotFound("no open epoch: the WAL's genesis record has not been applied")
+    return int(row[0])
+
+
+def digest_results(epoch: int, rows: list[tuple[int, int, int, int, str]]) -> str:
+    """SHA-256 over the canonical text of a sealed epoch's results (sorted by id)."""
+    h = hashlib.sha256(f"stemedb-epoch-v1 {epoch}\n".encode())
+    for aid, support, dispute, score, status in rows:
+        h.update(f"{aid} {support} {dispute} {score} {status}\n".encode())
+    return h.hexdigest()
+
+
+def status_of(score: int) -> str:
+    return "accepted" if score > 0 else "rejected" if score < 0 else "contested"
+
+
+# -- the state transition ---------------------------------------------------------
+
+def apply_record(conn: sqlite3.Connection, rtype: int, payload: dict[str, Any],
+                 lsn: int) -> tuple[int, dict[str, Any]]:
+    """Apply one WAL record; return (HTTP status, response body).
+
+    Raises a :class:`StemeError` when the request is invalid against the current
+    state (an unknown assertion, say); the caller rolls back its savepoint.
+    """
+    ts: str = payload["t"]
+    if rtype == RecordType.GENESIS:
+        conn.execute("INSERT INTO epochs(n, opened_at) VALUES(1, ?)", (ts,))
+        return 201, {"opened": 1}
+    epoch = open_epoch(conn)
+    if rtype == RecordType.SEAL:
+        return 201, _seal(conn, epoch, ts, lsn)
+    ops: list[dict[str, Any]] = payload["ops"]
+    results = [_apply_op(conn, op, epoch, ts, lsn) for op in ops]
+    if rtype == RecordType.ASSERT:
+        return 201, results[0][1]
+    if rtype == RecordType.VOTE:
+        status, body = results[0]
+        return status, body
+    return 201, {"results": [r[1] for r in results], "lsn": lsn, "epoch": epoch}
+
+
+def _apply_op(conn: sqlite3.Connection, op: dict[str, Any], epoch: int, ts: str,
+              lsn: int) -> tuple[int, dict[str, Any]]:
+    if "assert" in op:
+        a = op["assert"]
+        cur = conn.execute(
+            "INSERT INTO assertions(subject, predicate, object, author, confidence, source,"
+            " epoch, lsn, created_at) VALUES(?,?,?,?,?,?,?,?,?)",
+            (a["subject"], a["predicate"], json.dumps(a["object"], ensure_ascii=False,
+                                                       separators=(",", ":"), sort_keys=True),
+             a["author"], a.get("confidence"), a.get("source"), epoch, lsn, ts))
+        conn.execute("UPDATE epochs SET assertions = assertions + 1 WHERE n=?", (epoch,))
+        return 201, {"id": cur.lastrowid, "lsn": lsn, "epoch": epoch, "created_at": ts}
+    v = op["vote"]
+    aid = v["assertion_id"]
+    if conn.execute("SELECT 1 FROM assertions WHERE id=?", (aid,)).fetchone() is None:
+        raise NotFound(f"assertion {aid} does not exist")
+    old = conn.execute("SELECT value FROM votes WHERE assertion_id=? AND epoch=? AND voter=?",
+                       (aid, epoch, v["voter"])).fetchone()
+    if old is None:
+        conn.execute("INSERT INTO votes(epoch, assertion_id, voter, value, lsn, updated_at)"
+                     " VALUES(?,?,?,?,?,?)", (epoch, aid, v["voter"], v["value"], lsn, ts))
+        conn.execute("UPDATE epochs SET votes = votes + 1 WHERE n=?", (epoch,))
+    else:
+        conn.execute("UPDATE votes SET value=?, lsn=?, updated_at=? WHERE assertion_id=? AND"
+                     " epoch=? AND voter=?", (v["value"], lsn, ts, aid, epoch, v["voter"]))
+    body = {"assertion_id": aid, "voter": v["voter"], "value": v["value"], "lsn": lsn,
+            "epoch": epoch, "created": old is None}
+    return (201 if old is None else 200), body
+
+
+def _seal(conn: sqlite3.Connection, epoch: int, ts: str, lsn: int) -> dict[str, Any]:
+    rows = conn.execute(
+        "SELECT assertion_id, SUM(value = 1), SUM(value = -1) FROM votes WHERE epoch=?"
+        " GROUP BY assertion_id ORDER BY assertion_id", (epoch,)).fetchall()
+    results = []
+    for aid, support, dispute in rows:
+        score = support - dispute
+        results.append((aid, support, dispute, score, status_of(score)))
+    conn.executemany("INSERT INTO results(epoch, assertion_id, support, dispute, score, status)"
+                     " VALUES(?,?,?,?,?,?)", [(epoch, *r) for r in results])
+    digest = digest_results(epoch, results)
+    conn.execute("UPDATE epochs SET sealed_at=?, digest=?, results=?, seal_lsn=? WHERE n=?",
+                 (ts, digest, len(results), lsn, epoch))
+    conn.execute("INSERT INTO epochs(n, opened_at) VALUES(?, ?)", (epoch + 1, ts))
+    return {"sealed": epoch, "opened": epoch + 1, "digest": digest, "results": len(results),
+            "lsn": lsn, "sealed_at": ts}
+
+
+def record_idempotency(conn: sqlite3.Connection, key: str, body_sha256: str, status: int,
+                       response: dict[str, Any], lsn: int, created_unix: float) -> None:
+    conn.execute("INSERT INTO idempotency(key, body_sha256, status, response, lsn, created_unix)"
+                 " VALUES(?,?,?,?,?,?)", (key, body_sha256, status,
+                                          json.dumps(response, separators=(",", ":")), lsn,
+                                          created_unix))
+
+
+def lookup_idempotency(conn: sqlite3.Connection, key: str
+                       ) -> tuple[str, int, dict[str, Any]] | None:
+    row = conn.execute("SELECT body_sha256, status, response FROM idempotency WHERE key=?",
+                       (key,)).fetchone()
+    if row is None:
+        return None
+    return row[0], int(row[1]), json.loads(row[2])
+
+
+# -- reads ------------------------------------------------------------------------
+
+def _assertion_row(row: tuple[Any, ...]) -> dict[str, Any]:
+    aid, subject, predicate, obj, author, confidence, source, epoch, lsn, created = row
+    out: dict[str, Any] = {"id": aid, "subject": subject, "predicate": predicate,
+                           "object": json.loads(obj), "author": author, "epoch": epoch,
+                           "lsn": lsn, "created_at": created}
+    if confidence is not None:
+        out["confidence"] = confidence
+    if source is not None:
+        out["source"] = source
+    return out
+
+
+_ASSERTION_COLS = ("id, subject, predicate, object, author, confidence, source, epoch, lsn,"
+                   " created_at")
+
+
+def tally(conn: sqlite3.Connection, aid: int, epoch: int) -> dict[str, int]:
+    support, dispute = conn.execute(
+        "SELECT COALESCE(SUM(value = 1), 0), COALESCE(SUM(value = -1), 0) FROM votes"
+        " WHERE assertion_id=? AND epoch=?", (aid, epoch)).fetchone()
+    return {"support": support, "dispute": dispute, "score": support - dispute}
+
+
+def get_assertion(conn: sqlite3.Connection, aid: int) -> dict[str, Any]:
+    row = conn.execute(f"SELECT {_ASSERTION_COLS} FROM assertions WHERE id=?",
+                       (aid,)).fetchone()
+    if row is None:
+        raise NotFound(f"assertion {aid} does not exist")
+    out = _assertion_row(row)
+    epoch = open_epoch(conn)
+    out["tally"] = {"epoch": epoch, **tally(conn, aid, epoch)}
+    out.update(tally(conn, aid, epoch))
+    return out
+
+
+def list_assertions(conn: sqlite3.Connection, *, subject: str | None = None,
+                    predicate: str | None = None, author: str | None = None,
+                    epoch: int | None = None, after: int = 0, limit: int = 100
+                    ) -> dict[str, Any]:
+    where, args = ["id > ?"], [after]
+    for col, val in (("subject", subject), ("predicate", predicate), ("author", author),
+                     ("epoch", epoch)):
+        if val is not None:
+            where.append(f"{col} = ?")
+            args.append(val)
+    rows = conn.execute(f"SELECT {_ASSERTION_COLS} FROM assertions WHERE {' AND '.join(where)}"
+                        " ORDER BY id LIMIT ?", (*args, limit + 1)).fetchall()
+    items = [_assertion_row(r) for r in rows[:limit]]
+    nxt = items[-1]["id"] if len(rows) > limit else None
+    return {"items": items, "next": nxt}
+
+
+def list_votes(conn: sqlite3.Connection, aid: int, epoch: int | None) -> dict[str, Any]:
+    if conn.execute("SELECT 1 FROM assertions WHERE id=?", (aid,)).fetchone() is None:
+        raise NotFound(f"assertion {aid} does not exist")
+    current = open_epoch(conn)
+    if epoch is None:
+        epoch = current
+    elif conn.execute("SELECT 1 FROM epochs WHERE n=?", (epoch,)).fetchone() is None:
+        raise NotFound(f"epoch {epoch} does not exist")
+    rows = conn.execute("SELECT voter, value, lsn, updated_at FROM votes WHERE assertion_id=?"
+                        " AND epoch=? ORDER BY voter", (aid, epoch)).fetchall()
+    return {"assertion_id": aid, "epoch": epoch, "sealed": epoch != current,
+            "votes": [{"voter": r[0], "value": r[1], "lsn": r[2], "updated_at": r[3]}
+                      for r in rows], **tally(conn, aid, epoch)}
+
+
+def current_epoch(conn: sqlite3.Connection) -> dict[str, Any]:
+    row = conn.execute("SELECT n, opened_at, assertions, votes FROM epochs WHERE sealed_at IS"
+                       " NULL").fetchone()
+    if row is None:
+        raise NotFound("no open epoch yet")
+    return {"epoch": row[0], "opened_at": row[1], "assertions": row[2], "votes": row[3]}
+
+
+def sealed_epoch(conn: sqlite3.Connection, n: int, *, after: int = 0, limit: int = 100
+                 ) -> dict[str, Any]:
+    row = conn.execute("SELECT n, opened_at, sealed_at, digest, assertions, votes, results,"
+                       " seal_lsn FROM epochs WHERE n=?", (n,)).fetchone()
+    if row is None:
+        raise NotFound(f"epoch {n} does not exist")
+    if row[2] is None:
+        raise NotFound(f"epoch {n} is open, not sealed; see GET /v1/epochs/current")
+    rows = conn.execute("SELECT assertion_id, support, dispute, score, status FROM results"
+                        " WHERE epoch=? AND assertion_id > ? ORDER BY assertion_id LIMIT ?",
+                        (n, after, limit + 1)).fetchall()
+    items = [{"assertion_id": r[0], "support": r[1], "dispute": r[2], "score": r[3],
+              "status": r[4]} for r in rows[:limit]]
+    summary: dict[str, int] = {"accepted": 0, "rejected": 0, "contested": 0}
+    for (status, count) in conn.execute("SELECT status, COUNT(*) FROM results WHERE epoch=?"
+                                        " GROUP BY status", (n,)):
+        summary[status] = count
+    return {"epoch": row[0], "opened_at": row[1], "sealed_at": row[2], "digest": row[3],
+            "assertions": row[4], "votes": row[5], "voted_assertions": row[6],
+            "seal_lsn": row[7], "summary": summary, "results": items,
+            "next": items[-1]["assertion_id"] if len(rows) > limit else None}
+
+
+def dump(conn: sqlite3.Connection) -> dict[str, Any]:
+    """A canonical image of the ledger (not the caches): equal states dump equal."""
+    return {
+        "assertions": conn.execute(f"SELECT {_ASSERTION_COLS} FROM assertions ORDER BY id"
+                                   ).fetchall(),
+        "votes": conn.execute("SELECT * FROM votes ORDER BY assertion_id, epoch, voter"
+                              ).fetchall(),
+        "epochs": conn.execute("SELECT * FROM epochs ORDER BY n").fetchall(),
+        "results": conn.execute("SELECT * FROM results ORDER BY epoch, assertion_id"
+                                ).fetchall(),
+    }
+
+
+__all__ = ["SCHEMA_VERSION", "StemeError", "apply_record", "connect", "dump"]

@@ -1,0 +1,292 @@
+"""Reading segments: frame validation, torn-tail vs corruption, and the segment chain."""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from .. import limits
+from ..storage import File, FileSystem
+from ._format import (
+    FRAME_ALIGN,
+    FRAME_HEADER_SIZE,
+    FRAME_MAGIC,
+    FRAME_MAGIC_BYTES,
+    RECORD_TYPES,
+    SEGMENT_HEADER_SIZE,
+    ZERO_FRAME_HEADER,
+    SegmentHeader,
+    decode_frame_header,
+    frame_crc,
+    frame_size,
+    parse_segment_name,
+    segment_name,
+)
+
+# Fault kinds, as printed by `stemedb wal verify`.
+TORN_TAIL = "torn_tail"
+CORRUPT_RECORD = "corrupt_record"
+BAD_HEADER = "bad_header"
+GAP = "gap"
+MISSING_SEGMENT = "missing_segment"
+
+
+@dataclass(frozen=True)
+class Record:
+    lsn: int
+    type: int
+    payload: bytes
+    segment: str
+    offset: int
+
+    @property
+    def size(self) -> int:
+        return frame_size(len(self.payload))
+
+    @property
+    def end_lsn(self) -> int:
+        return self.lsn + self.size
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    segment: str
+    offset: int
+    lsn: int | None
+    reason: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"kind": self.kind, "segment": self.segment, "offset": self.offset,
+                "lsn": self.lsn, "reason": self.reason}
+
+
+class SegmentScanner:
+    """Streams the valid records of one segment in bounded memory.
+
+    After :meth:`records` is exhausted, ``end_offset`` is the offset just past the last
+    valid record, and ``damage`` describes the first bad byte range, if any:
+    ``(offset, reason, followed_by_valid_record)``.  Whether damage is a torn tail or
+    corruption depends on where the segment sits in the log, which the caller knows.
+    """
+
+    def __init__(self, fs: FileSystem, path: str, *,
+                 read_bytes_max: int = limits.replay_read_bytes_max) -> None:
+        self.path = path
+        self.name = os.path.basename(path)
+        self._read_bytes_max = read_bytes_max
+        self._file: File = fs.open(path)
+        self.file_size = self._file.size()
+        raw = self._file.pread(SEGMENT_HEADER_SIZE, 0)
+        try:
+            self.header = SegmentHeader.decode(raw)
+        except ValueError as exc:
+            self._file.close()
+            raise HeaderError(self.name, str(exc), all_zero=not raw.strip(b"\0")) from exc
+        self.limit = min(self.file_size, self.header.capacity_bytes)
+        self.end_offset = SEGMENT_HEADER_SIZE
+        self.damage: tuple[int, str, bool] | None = None
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> SegmentScanner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- frame checks -------------------------------------------------------------
+    def _check_frame(self, off: int, head: bytes) -> tuple[str | None, int]:
+        """Return (reason it is bad or None, payload length) for a frame header at off."""
+        h = decode_frame_header(head)
+        if h.magic != FRAME_MAGIC:
+            return f"bad frame magic 0x{h.magic:04x}", 0
+        if h.type not in RECORD_TYPES:
+            return f"unknown record type {h.type}", 0
+        want = self.header.base_lsn + off
+        if h.lsn != want:
+            return f"frame LSN {h.lsn} does not match its position (LSN {want})", 0
+        if off + FRAME_HEADER_SIZE + h.length > self.limit:
+            return (f"length {h.length} runs past the end of the segment "
+                    f"({self.limit} bytes)"), 0
+        return None, h.length
+
+    def _valid_frame_at(self, off: int) -> bool:
+        if off + FRAME_HEADER_SIZE > self.limit:
+            return False
+        head = self._file.pread(FRAME_HEADER_SIZE, off)
+        if len(head) < FRAME_HEADER_SIZE:
+            return False
+        reason, length = self._check_frame(off, head)
+        if reason is not None:
+            return False
+        payload = self._file.pread(length, off + FRAME_HEADER_SIZE)
+        return len(payload) == length and frame_crc(head, payload) == decode_frame_header(
+            head).crc
+
+    def find_valid_frame_after(self, off: int) -> int | None:
+        """Offset of the first valid frame after ``off``, scanning for the frame magic."""
+        pos = off + FRAME_ALIGN
+        chunk_max = self._read_bytes_max
+        # Bounded: each pass advances pos by at least one chunk minus the overlap.
+        while pos < self.limit:
+            chunk = self._file.pread(min(chunk_max, self.limit - pos), pos)
+            if not chunk:
+                return None
+            i = chunk.find(FRAME_MAGIC_BYTES)
+            while i != -1:
+                cand = pos + i - 4
+                if cand > off and cand % FRAME_ALIGN == 0 and self._valid_frame_at(cand):
+                    return cand
+                i = chunk.find(FRAME_MAGIC_BYTES, i + 1)
+            if len(chunk) < chunk_max:
+                return None
+            pos += len(chunk) - 8
+        return None
+
+    def _nonzero_after(self, off: int) -> int | None:
+        pos = off
+        while pos < self.limit:
+            chunk = self._file.pread(min(self._read_bytes_max, self.limit - pos), pos)
+            if not chunk:
+                return None
+            stripped = chunk.lstrip(b"\0")
+            if stripped:
+                return pos + len(chunk) - len(stripped)
+            pos += len(chunk)
+        return None
+
+    def _mark_damage(self, off: int, reason: str) -> None:
+        later = self.find_valid_frame_after(off)
+        if later is not None:
+            reason = f"{reason}; a valid record follows at offset {later}"
+        self.damage = (off, reason, later is not None)
+
+    # -- iteration ----------------------------------------------------------------
+    def records(self, start_offset: int = SEGMENT_HEADER_SIZE) -> Iterator[Record]:
+        off = max(start_offset, SEGMENT_HEADER_SIZE)
+        self.end_offset = off
+        buf = b""
+        buf_off = off
+        limit = self.limit
+        while True:
+            if off + FRAME_HEADER_SIZE > limit:
+                nz = self._nonzero_after(off)
+                if nz is not None:
+                    self._mark_damage(off, f"{limit - off} stray bytes after the last record")
+                return
+            rel = off - buf_off
+            if rel + FRAME_HEADER_SIZE > len(buf):
+                buf = self._file.pread(min(self._read_bytes_max, limit - off), off)
+                buf_off, rel = off, 0
+                if len(buf) < FRAME_HEADER_SIZE:
+                    if buf.strip(b"\0"):
+                        self._mark_damage(off, "truncated frame header")
+                    return
+            head = buf[rel:rel + FRAME_HEADER_SIZE]
+            if head == ZERO_FRAME_HEADER:
+                nz = self._nonzero_after(off)
+                if nz is not None:
+                    self._mark_damage(off, f"zeroed bytes from offset {off}, then data at {nz}")
+                return
+            reason, length = self._check_frame(off, head)
+            if reason is not None:
+                self._mark_damage(off, reason)
+                return
+            end = rel + FRAME_HEADER_SIZE + length
+            if end <= len(buf):
+                payload = buf[rel + FRAME_HEADER_SIZE:end]
+            else:
+                payload = self._file.pread(length, off + FRAME_HEADER_SIZE)
+                if len(payload) < length:
+                    self._mark_damage(off, "record cut short by the end of the file")
+                    return
+            if frame_crc(head, payload) != decode_frame_header(head).crc:
+                self._mark_damage(off, "checksum mismatch")
+                return
+            h = decode_frame_header(head)
+            yield Record(lsn=h.lsn, type=h.type, payload=bytes(payload), segment=self.name,
+                         offset=off)
+            off += frame_size(length)
+            self.end_offset = off
+
+
+class HeaderError(Exception):
+    def __init__(self, segment: str, reason: str, *, all_zero: bool) -> None:
+        super().__init__(f"segment {segment}: {reason}")
+        self.segment = segment
+        self.reason = reason
+        self.all_zero = all_zero
+
+
+@dataclass
+class SegmentInfo:
+    seq: int
+    name: str
+    path: str
+    header: SegmentHeader | None = None
+    header_error: str | None = None
+    file_size: int = 0
+
+
+@dataclass
+class Chain:
+    """The segments of a WAL directory, in order, with chain faults."""
+
+    segments: list[SegmentInfo] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+
+    def bases(self) -> list[int]:
+        return [s.header.base_lsn if s.header else -1 for s in self.segments]
+
+    def locate(self, lsn: int) -> int:
+        """Index of the segment holding ``lsn`` (bisect over base LSNs, no scan)."""
+        i = bisect.bisect_right(self.bases(), lsn) - 1
+        return max(i, 0)
+
+
+def list_segment_names(fs: FileSystem, wal_dir: str) -> list[tuple[int, str]]:
+    out = []
+    for name in fs.listdir(wal_dir):
+        seq = parse_segment_name(name)
+        if seq is not None:
+            out.append((seq, name))
+    out.sort()
+    return out
+
+
+def load_chain(fs: FileSystem, wal_dir: str) -> Chain:
+    """Read every segment header and check sequence and LSN continuity."""
+    chain = Chain()
+    prev: SegmentInfo | None = None
+    for seq, name in list_segment_names(fs, wal_dir):
+        path = os.path.join(wal_dir, name)
+        info = SegmentInfo(seq=seq, name=name, path=path)
+        f = fs.open(path)
+        try:
+            info.file_size = f.size()
+            raw = f.pread(SEGMENT_HEADER_SIZE, 0)
+        finally:
+            f.close()
+        try:
+            info.header = SegmentHeader.decode(raw)
+            if info.header.seq != seq:
+                info.header_error = f"header says segment {info.header.seq}, name says {seq}"
+        except ValueError as exc:
+            info.header_error = str(exc)
+        if prev is not None:
+            if seq != prev.seq + 1:
+                missing = ", ".join(segment_name(s) for s in range(prev.seq + 1, seq))
+                chain.faults.append(Fault(MISSING_SEGMENT, name, 0, None,
+                                          f"missing segment(s) before it: {missing}"))
+            elif prev.header and info.header and info.header.base_lsn != prev.header.end_lsn:
+                chain.faults.append(Fault(
+                    GAP, name, 0, info.header.base_lsn,
+                    f"base LSN {info.header.base_lsn} does not continue "
+                    f"{prev.name} (which ends at LSN {prev.header.end_lsn})"))
+        chain.segments.append(info)
+        prev = info
+    return chain
