@@ -1,0 +1,239 @@
+"""Configuration: TOML file, then ``STEMEDB_*`` variables, then flags.
+
+Layout (every key optional; defaults below)::
+
+    data_dir = "./stemedb-data"            # STEMEDB_DATA_DIR
+
+    [server]
+    listen = "127.0.0.1:18180"             # STEMEDB_SERVER_LISTEN
+    log_format = "plain"                   # or "json"
+    log_level = "info"
+    body_bytes_max = 8388608               # 8 MiB
+    drain_grace_seconds = 30.0
+    insecure_allow_unauthenticated = false # bind beyond loopback with no tokens
+
+    [wal]
+    fsync = "always"                       # "always" | "interval" | "never"
+    fsync_interval_ms = 100
+    segment_size_bytes = 67108864          # 64 MiB
+    log_fsync_errors = false
+    disk_reserve_bytes = 268435456         # 256 MiB
+    recovery_mode = "tolerate-torn-tail"   # | "absolute" | "point-in-time"
+    batch_records_max = 1024
+    batch_bytes_max = 8388608
+
+    [checkpoint]
+    wal_bytes = 268435456
+    interval_seconds = 300.0
+    replay_budget_seconds = 1.0
+
+    [idempotency]
+    ttl_seconds = 86400
+
+    [auth]
+    # tokens = [{ name = "ops", token = "...", scopes = ["read", "write", "admin"] }]
+
+A key ``[table] key`` is overridden by ``STEMEDB_TABLE_KEY`` (upper case); a
+top-level key by ``STEMEDB_KEY``.  ``STEMEDB_AUTH_TOKENS`` takes JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import limits
+from .engine import EngineConfig
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = "/etc/stemedb/api.toml"
+DEFAULT_DATA_DIR = "./stemedb-data"
+DEFAULT_LISTEN = "127.0.0.1:18180"
+
+# (table, key) -> (type, default).  Table "" is the top level.
+SCHEMA: dict[tuple[str, str], tuple[type, Any]] = {
+    ("", "data_dir"): (str, DEFAULT_DATA_DIR),
+    ("server", "listen"): (str, DEFAULT_LISTEN),
+    ("server", "log_format"): (str, "plain"),
+    ("server", "log_level"): (str, "info"),
+    ("server", "body_bytes_max"): (int, limits.http_body_bytes_max),
+    ("server", "drain_grace_seconds"): (float, limits.http_drain_grace_seconds),
+    ("server", "insecure_allow_unauthenticated"): (bool, False),
+    ("wal", "fsync"): (str, "always"),
+    ("wal", "fsync_interval_ms"): (int, limits.fsync_interval_ms_default),
+    ("wal", "segment_size_bytes"): (int, limits.segment_size_bytes_default),
+    ("wal", "log_fsync_errors"): (bool, False),
+    ("wal", "disk_reserve_bytes"): (int, limits.disk_reserve_bytes_default),
+    ("wal", "recovery_mode"): (str, "tolerate-torn-tail"),
+    ("wal", "batch_records_max"): (int, limits.batch_records_max),
+    ("wal", "batch_bytes_max"): (int, limits.batch_bytes_max),
+    ("checkpoint", "wal_bytes"): (int, limits.checkpoint_wal_bytes_default),
+    ("checkpoint", "interval_seconds"): (float, limits.checkpoint_interval_seconds_default),
+    ("checkpoint", "replay_budget_seconds"): (float, limits.replay_budget_seconds_default),
+    ("idempotency", "ttl_seconds"): (float, limits.idempotency_ttl_seconds_default),
+    ("auth", "tokens"): (list, []),
+}
+SECRET_KEYS = {("auth", "tokens")}
+SCOPES = ("read", "write", "admin")
+
+
+@dataclass(frozen=True)
+class Token:
+    name: str
+    token: str
+    scopes: frozenset[str]
+
+
+@dataclass
+class Config:
+    values: dict[tuple[str, str], Any]
+    source: str | None = None
+    tokens: list[Token] = field(default_factory=list)
+
+    def get(self, table: str, key: str) -> Any:
+        return self.values[(table, key)]
+
+    @property
+    def data_dir(self) -> str:
+        return str(self.values[("", "data_dir")])
+
+    @property
+    def listen(self) -> tuple[str, int]:
+        return parse_listen(self.values[("server", "listen")])
+
+    def engine_config(self) -> EngineConfig:
+        v = self.values
+        cfg = EngineConfig(
+            fsync=v[("wal", "fsync")],
+            fsync_interval_ms=v[("wal", "fsync_interval_ms")],
+            segment_size_bytes=v[("wal", "segment_size_bytes")],
+            disk_reserve_bytes=v[("wal", "disk_reserve_bytes")],
+            recovery_mode=v[("wal", "recovery_mode")],
+            log_fsync_errors=v[("wal", "log_fsync_errors")],
+            batch_records_max=v[("wal", "batch_records_max")],
+            batch_bytes_max=v[("wal", "batch_bytes_max")],
+            checkpoint_wal_bytes=v[("checkpoint", "wal_bytes")],
+            checkpoint_interval_seconds=v[("checkpoint", "interval_seconds")],
+            replay_budget_seconds=v[("checkpoint", "replay_budget_seconds")],
+            idempotency_ttl_seconds=v[("idempotency", "ttl_seconds")],
+        )
+        try:
+            cfg.validate()
+        except Exception as exc:
+            raise ConfigError(f"invalid configuration: {exc}") from exc
+        return cfg
+
+    def effective(self) -> dict[str, Any]:
+        """The effective configuration with secrets masked, for the start-up log."""
+        out: dict[str, Any] = {}
+        for (table, key), value in sorted(self.values.items()):
+            shown = value
+            if (table, key) in SECRET_KEYS:
+                shown = [{"name": t.name, "token": "***", "scopes": sorted(t.scopes)}
+                         for t in self.tokens]
+            out[f"{table}.{key}" if table else key] = shown
+        return out
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"server.listen must be HOST:PORT, got {text!r}")
+    try:
+        p = int(port)
+    except ValueError as exc:
+        raise ConfigError(f"server.listen port must be a number, got {port!r}") from exc
+    if not 0 <= p <= 65535:
+        raise ConfigError(f"server.listen port out of range: {p}")
+    return host.strip("[]"), p
+
+
+def env_name(table: str, key: str) -> str:
+    return f"STEMEDB_{table.upper()}_{key.upper()}" if table else f"STEMEDB_{key.upper()}"
+
+
+def _coerce(table: str, key: str, typ: type, raw: Any, origin: str) -> Any:
+    name = f"{table}.{key}" if table else key
+    try:
+        if typ is bool:
+            if isinstance(raw, bool):
+                return raw
+            if isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(raw, str) and raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"expected true or false, got {raw!r}")
+        if typ is list:
+            if isinstance(raw, str):
+                raw = json.loads(raw)
+            if not isinstance(raw, list):
+                raise ValueError("expected a list")
+            return raw
+        if typ is int and (isinstance(raw, bool) or isinstance(raw, float)):
+            raise ValueError(f"expected an integer, got {raw!r}")
+        if typ is str and not isinstance(raw, str):
+            raise ValueError(f"expected a string, got {raw!r}")
+        return typ(raw)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid value for {name} (from {origin}): {exc}") from exc
+
+
+def load_config(path: str | None = None, *, env: Mapping[str, str] | None = None,
+                overrides: Mapping[tuple[str, str], Any] | None = None) -> Config:
+    """Defaults, then the TOML file, then environment, then ``overrides`` (flags)."""
+    env = os.environ if env is None else env
+    values = {k: d for k, (_, d) in SCHEMA.items()}
+    source = None
+    if path is None and os.path.exists(DEFAULT_CONFIG_PATH):
+        path = DEFAULT_CONFIG_PATH
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} not found") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        source = path
+        for k, v in doc.items():
+            if isinstance(v, dict):
+                for kk, vv in v.items():
+                    if (k, kk) not in SCHEMA:
+                        raise ConfigError(f"unknown config key {k}.{kk} in {path}")
+                    values[(k, kk)] = _coerce(k, kk, SCHEMA[(k, kk)][0], vv, path)
+            else:
+                if ("", k) not in SCHEMA:
+                    raise ConfigError(f"unknown config key {k} in {path}")
+                values[("", k)] = _coerce("", k, SCHEMA[("", k)][0], v, path)
+    for (table, key), (typ, _) in SCHEMA.items():
+        name = env_name(table, key)
+        if name in env:
+            values[(table, key)] = _coerce(table, key, typ, env[name], name)
+    for (table, key), v in (overrides or {}).items():
+        if v is None:
+            continue
+        if (table, key) not in SCHEMA:
+            raise ConfigError(f"unknown config key {table}.{key}")
+        values[(table, key)] = _coerce(table, key, SCHEMA[(table, key)][0], v, "flag")
+    cfg = Config(values=values, source=source, tokens=_tokens(values[("auth", "tokens")]))
+    cfg.listen  # noqa: B018 - validates
+    if values[("server", "log_format")] not in ("plain", "json"):
+        raise ConfigError("server.log_format must be plain or json")
+    cfg.engine_config()
+    return cfg
+
+
+def _tokens(raw: list[Any]) -> list[Token]:
+    out = []
+    for i, t in enumerate(raw):
+        if not isinstance(t, dict) or not isinstance(t.get("token"), str) or not t["token"]:
+            raise ConfigError(f"auth.tokens[{i}] needs a non-empty token string")
+        scopes = t.get("scopes", list(SCOPES))
+        if not isinstance(scopes, list) or any(s not in SCOPES for s in scopes):
+            raise ConfigError(f"auth.tokens[{i}].scopes must be a list of {', '.join(SCOPES)}")
+        out.append(Token(str(t.get("name", f"token{i}")), t["token"], frozenset(scopes)))
+    return out
