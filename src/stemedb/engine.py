@@ -418,6 +418,11 @@ class Engine:
             if writer.end_lsn < applied_now:
                 raise CorruptionError(writer.segment, 0, f"the state is at LSN {applied_now}"
                                       f", beyond the whole WAL", kind="gap")
+        if st.applied_end_lsn(conn) is None:
+            # The genesis record never became durable (a crash while creating the
+            # database): write it now.
+            self._genesis()
+            report.created = True
         report.end_lsn = writer.end_lsn
         report.seconds = time.monotonic() - t0
         if report.bytes >= limits.MiB and report.seconds > 0:
@@ -600,6 +605,7 @@ class Engine:
             with self._queued_lock:
                 self._queued -= 1
             self._commit([p])
+            self._periodic()
         return p.future
 
     def _fence_error(self) -> WalFsyncFailed:
@@ -831,7 +837,7 @@ class Engine:
             self.applied_records -= len(frames)
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            if frames:
+            if frames and isinstance(exc, Exception):
                 # The records may be in the WAL already; the state no longer matches the
                 # writer's position, so stop taking writes until a restart replays.
                 self._fence(WalOpError("apply", w.segment, OSError(5, str(exc))))
@@ -945,7 +951,7 @@ class Engine:
                 self._fence(exc)
                 raise self._fence_error() from exc
             lsn = st.applied_end_lsn(conn) or w.end_lsn
-            cutoff = self.clock() - self.config.idempotency_ttl_seconds
+            cutoff = time.time() - self.config.idempotency_ttl_seconds
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("DELETE FROM idempotency WHERE created_unix < ?", (cutoff,))
             st.set_meta(conn, "checkpoint_lsn", lsn)

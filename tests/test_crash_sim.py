@@ -1,0 +1,60 @@
+"""Seeded crash simulation: at least 1,000 crash points in CI (STEMEDB_SIM_SEEDS for more).
+
+Each seed crashes the engine at a random file-system operation, recovers, and checks
+that every acknowledged write is there, nothing unacknowledged is half-applied, and
+the state equals a replay of the durable WAL.  See stemedb.testing.crashsim.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import os
+import tempfile
+
+from stemedb.testing.crashsim import SimResult, run_seed
+
+SEEDS = int(os.environ.get("STEMEDB_SIM_SEEDS", "1000"))
+WORKERS = 2
+
+
+def _run_range(start: int, stop: int) -> list[SimResult] | str:
+    logging.disable(logging.CRITICAL)
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    out = []
+    with tempfile.TemporaryDirectory(prefix="stemedb-sim-", dir=base) as tmp:
+        for seed in range(start, stop):
+            try:
+                out.append(run_seed(seed, tmp))
+            except Exception as exc:
+                return f"{exc}\nreproduce with seed={seed} " \
+                       f"(python -m stemedb.testing.crashsim --seed {seed})"
+    return out
+
+
+def test_crash_simulation_every_acknowledged_write_survives() -> None:
+    chunk = (SEEDS + WORKERS - 1) // WORKERS
+    ranges = [(i, min(SEEDS, i + chunk)) for i in range(0, SEEDS, chunk)]
+    results: list[SimResult] = []
+    with cf.ProcessPoolExecutor(WORKERS) as pool:
+        for got in pool.map(_run_range, *zip(*ranges, strict=True)):
+            assert not isinstance(got, str), got
+            results.extend(got)
+    assert len(results) == SEEDS
+    crashed = [r for r in results if r.crashed_at_op is not None]
+    # The workload must actually exercise what it claims to: crashes mid-write, torn
+    # tails cut by recovery, in-flight requests that did become durable, whole-WAL
+    # replays, and segments removed by checkpoints.
+    assert len(crashed) >= SEEDS // 2
+    assert sum(r.torn_tail for r in results) >= SEEDS // 100
+    assert sum(r.matched == "acked+inflight" for r in results) >= SEEDS // 50
+    assert sum(r.full_replay_checked for r in results) >= SEEDS // 4
+    assert sum(r.segments_removed for r in results) >= 1
+
+
+def test_same_seed_same_run() -> None:
+    logging.disable(logging.CRITICAL)
+    with tempfile.TemporaryDirectory() as tmp:
+        a = run_seed(12, tmp)
+        b = run_seed(12, tmp)
+    assert a == b
