@@ -337,7 +337,7 @@ class Engine:
             s = segs[i]
             if s.header is None or s.header_error:
                 is_last = i == len(segs) - 1
-                if is_last and self.config.recovery_mode != "absolute":
+                if is_last and self._all_zero(s.path):
                     # A segment whose header never became durable holds nothing durable.
                     report.quarantined.append(self._quarantine(s.name, "torn"))
                     segs = segs[:i]
@@ -430,6 +430,19 @@ class Engine:
         self.m.replay_throughput_bytes_per_second.set(self._apply_bytes_per_s)
         self._update_wal_gauges()
         return report
+
+    def _all_zero(self, path: str) -> bool:
+        f = self.fs.open(path)
+        try:
+            size, pos = f.size(), 0
+            while pos < size:  # bounded by the file size
+                chunk = f.pread(min(limits.replay_read_bytes_max, size - pos), pos)
+                if not chunk or chunk.strip(b"\0"):
+                    return not chunk
+                pos += len(chunk)
+            return True
+        finally:
+            f.close()
 
     def _estimate_end(self, path: str, header: SegmentHeader) -> int:
         """End of written data in the last segment: find the last non-zero chunk."""

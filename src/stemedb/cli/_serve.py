@@ -1,9 +1,82 @@
+"""``stemedb serve`` (also installed as ``stemedb-api``): run the HTTP server."""
+
 from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import logging
+import os
+import sys
 
 import click
 
+from ..config import DEFAULT_CONFIG_PATH, DEFAULT_DATA_DIR, DEFAULT_LISTEN, load_config
+from ..errors import ConfigError
+from ..logs import LOG_FORMATS, LOG_LEVELS, setup_logging
+from ..server import INSECURE_FLAG, Exit
+from ..server import serve as serve_node
+
+log = logging.getLogger("stemedb.server")
+
+PROCESS_NAME = b"stemedb-api"  # what `pgrep stemedb-api` (the runbook's strace line) finds
+_PR_SET_NAME = 15  # from <linux/prctl.h>
+
+
+def _set_process_name() -> None:
+    """Name the process ``stemedb-api`` whichever way it was started (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_NAME, ctypes.c_char_p(PROCESS_NAME), 0, 0, 0)
+    except (OSError, AttributeError):
+        log.debug("could not set the process name", exc_info=True)
+
 
 @click.command()
-def serve() -> None:
-    """Run the server (being built)."""
-    raise click.ClickException("not built yet")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help=f"TOML config file [default: {DEFAULT_CONFIG_PATH} when present]")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help=f"data directory (STEMEDB_DATA_DIR) [default: {DEFAULT_DATA_DIR}]")
+@click.option("--listen", default=None, metavar="HOST:PORT",
+              help=f"address to listen on (STEMEDB_SERVER_LISTEN) [default: {DEFAULT_LISTEN}]")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default=None,
+              help="plain text or one JSON object per line (STEMEDB_SERVER_LOG_FORMAT) "
+                   "[default: plain]")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default=None,
+              help="(STEMEDB_SERVER_LOG_LEVEL) [default: info]")
+@click.option(INSECURE_FLAG, "insecure", is_flag=True, default=False,
+              help="allow listening beyond loopback with no auth tokens configured "
+                   "(anyone who reaches the port can write and administer) [default: off]")
+def serve(config_path: str | None, data_dir: str | None, listen: str | None,
+          log_format: str | None, log_level: str | None, insecure: bool) -> None:
+    """Run the server: listen, replay the WAL, serve the API.
+
+    Configuration comes from the TOML file, then STEMEDB_* variables, then these
+    flags.  SIGTERM drains in-flight writes, checkpoints and exits 0.
+
+    Example: stemedb serve --data-dir ./stemedb-data --listen 127.0.0.1:18180
+    """
+    overrides = {("", "data_dir"): data_dir, ("server", "listen"): listen,
+                 ("server", "log_format"): log_format, ("server", "log_level"): log_level}
+    try:
+        cfg = load_config(config_path, env=os.environ, overrides=overrides)
+    except ConfigError as exc:
+        click.echo(f"stemedb serve: {exc}", err=True)
+        sys.exit(int(Exit.REFUSED))
+    setup_logging(str(cfg.get("server", "log_format")), str(cfg.get("server", "log_level")))
+    _set_process_name()
+    effective = cfg.effective()
+    effective["data_dir"] = os.path.abspath(cfg.data_dir)
+    log.info("effective config (from %s; secrets masked): %s",
+             cfg.source or "defaults and environment", json.dumps(effective, sort_keys=True))
+    code = asyncio.run(serve_node(cfg, insecure_allow_unauthenticated=insecure))
+    if code == Exit.STOPPED_DURING_REPLAY:
+        # The recovery thread is inside SQLite; do not wait for it (nothing was
+        # acknowledged, and SQLite rolls back the open transaction on the next open).
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    sys.exit(int(code))

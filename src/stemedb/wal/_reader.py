@@ -240,7 +240,15 @@ class Chain:
     faults: list[Fault] = field(default_factory=list)
 
     def bases(self) -> list[int]:
-        return [s.header.base_lsn if s.header else -1 for s in self.segments]
+        # A segment with an unreadable header is placed where its predecessor ends.
+        out: list[int] = []
+        for s in self.segments:
+            if s.header is not None:
+                out.append(s.header.base_lsn)
+            else:
+                prev = self.segments[len(out) - 1].header if out else None
+                out.append(prev.end_lsn if prev is not None else (out[-1] if out else 0))
+        return out
 
     def locate(self, lsn: int) -> int:
         """Index of the segment holding ``lsn`` (bisect over base LSNs, no scan)."""

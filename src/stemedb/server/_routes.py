@@ -1,0 +1,280 @@
+"""The routes of SPEC.md, one handler each, and the table that declares them.
+
+Each :class:`Route` names its scope (``None`` for the open operations routes), so
+auth is checked in one middleware and the OpenAPI document can be compared with
+the table in a test.  Handlers validate, then call the engine through its own
+threads (``submit`` for writes, ``read`` for reads) and await the result: the event
+loop never touches the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.openmetrics.exposition import (
+    CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE,
+)
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from .. import limits
+from .. import state as st
+from ..engine import WriteRequest
+from ..errors import InvalidInput, Unavailable
+from ..model import validate_assertion, validate_batch, validate_vote
+from ..wal import RecordType
+from ._http import (
+    idempotency_key,
+    json_response,
+    parse_int,
+    parse_json,
+    parse_text,
+    query_params,
+    read_body,
+)
+from ._node import Node, map_unavailable
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+NODE_KEY: web.AppKey[Node] = web.AppKey("stemedb_node", Node)
+OPENAPI_KEY: web.AppKey[bytes] = web.AppKey("stemedb_openapi", bytes)
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    scope: str | None  # None: open to everyone (health, readiness, metrics, the schema)
+    operation_id: str
+
+
+def _node(request: web.Request) -> Node:
+    return request.app[NODE_KEY]
+
+
+# -- operations routes ----------------------------------------------------------------
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    node = _node(request)
+    return json_response({"status": "ok", "phase": node.phase})
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    query_params(request, ())
+    ready, body = _node(request).readiness()
+    if ready:
+        return json_response(body)
+    return json_response(body, 503,
+                         headers={"Retry-After": str(limits.http_retry_after_seconds)})
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    registry = _node(request).m.registry
+    loop = asyncio.get_running_loop()
+    if "application/openmetrics-text" in request.headers.get("Accept", ""):
+        data = await loop.run_in_executor(None, generate_openmetrics, registry)
+        ctype = OPENMETRICS_CONTENT_TYPE
+    else:
+        data = await loop.run_in_executor(None, generate_latest, registry)
+        ctype = CONTENT_TYPE_LATEST
+    resp = web.Response(body=data)
+    resp.headers["Content-Type"] = ctype
+    return resp
+
+
+async def openapi(request: web.Request) -> web.StreamResponse:
+    return web.Response(body=request.app[OPENAPI_KEY], content_type="application/json")
+
+
+async def _no_body(request: web.Request) -> bytes:
+    """Routes that take no body accept none, or an empty JSON object."""
+    raw = await read_body(request, limits.http_no_body_bytes_max, required=False)
+    if raw and parse_json(raw) != {}:
+        raise InvalidInput(f"{request.method} {request.path} takes no body (or an empty "
+                           "JSON object)", code="unknown_field")
+    return raw
+
+
+# -- writes -----------------------------------------------------------------------
+
+async def _write(request: web.Request, rtype: RecordType, ops: list[dict[str, Any]],
+                 raw: bytes) -> web.StreamResponse:
+    node = _node(request)
+    node.check_writable()
+    key = idempotency_key(request)
+    # The digest covers the route as well as the body: one key reused on another
+    # route (another assertion's vote, say) is a conflict, not a replay.
+    digest = hashlib.sha256(f"{request.method} {request.path}\n".encode("utf-8", "replace")
+                            + raw).hexdigest()
+    node.begin_write()
+    try:
+        try:
+            fut = node.engine.submit(WriteRequest(rtype, ops, idempotency_key=key,
+                                                  body_sha256=digest))
+        except Unavailable as exc:
+            raise map_unavailable(node, exc) from exc
+        try:
+            result = await asyncio.wrap_future(fut)
+        except Unavailable as exc:
+            raise map_unavailable(node, exc) from exc
+    finally:
+        node.end_write()
+    headers = {"Idempotent-Replayed": "true"} if result.idempotent_replay else None
+    return json_response(result.body, result.status, headers)
+
+
+async def create_assertion(request: web.Request) -> web.StreamResponse:
+    node = _node(request)
+    node.check_writable()
+    query_params(request, ())
+    raw = await read_body(request, node.body_bytes_max)
+    assertion = validate_assertion(parse_json(raw))
+    return await _write(request, RecordType.ASSERT, [{"assert": assertion}], raw)
+
+
+async def batch(request: web.Request) -> web.StreamResponse:
+    node = _node(request)
+    node.check_writable()
+    query_params(request, ())
+    raw = await read_body(request, node.body_bytes_max)
+    ops = validate_batch(parse_json(raw))
+    return await _write(request, RecordType.BATCH, ops, raw)
+
+
+async def put_vote(request: web.Request) -> web.StreamResponse:
+    node = _node(request)
+    node.check_writable()
+    query_params(request, ())
+    aid = parse_int("assertion id", request.match_info["id"], minimum=1)
+    voter = parse_text("voter", request.match_info["voter"], limits.voter_bytes_max)
+    raw = await read_body(request, node.body_bytes_max)
+    body = parse_json(raw)
+    if not isinstance(body, dict):
+        raise InvalidInput('the body must be a JSON object {"value": 1 | -1}',
+                           code="invalid_type")
+    unknown = set(body) - {"value"}
+    if unknown:
+        raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}",
+                           code="unknown_field")
+    if "value" not in body:
+        raise InvalidInput("value is required", code="missing_field")
+    vote = validate_vote({"assertion_id": aid, "voter": voter, "value": body["value"]})
+    return await _write(request, RecordType.VOTE, [{"vote": vote}], raw)
+
+
+async def seal_epoch(request: web.Request) -> web.StreamResponse:
+    node = _node(request)
+    node.check_writable()
+    query_params(request, ())
+    raw = await _no_body(request)
+    return await _write(request, RecordType.SEAL, [], raw)
+
+
+# -- reads ------------------------------------------------------------------------
+
+async def _read(request: web.Request, fn: Callable[[Any], dict[str, Any]]
+                ) -> web.StreamResponse:
+    node = _node(request)
+    node.check_readable()
+    try:
+        fut = node.engine.read(fn)
+    except Unavailable as exc:
+        raise map_unavailable(node, exc) from exc
+    return json_response(await asyncio.wrap_future(fut))
+
+
+async def get_assertion(request: web.Request) -> web.StreamResponse:
+    _node(request).check_readable()
+    query_params(request, ())
+    aid = parse_int("assertion id", request.match_info["id"], minimum=1)
+    return await _read(request, lambda conn: st.get_assertion(conn, aid))
+
+
+async def list_assertions(request: web.Request) -> web.StreamResponse:
+    _node(request).check_readable()
+    q = query_params(request, ("subject", "predicate", "author", "epoch", "after", "limit"))
+    subject = parse_text("subject", q["subject"], limits.subject_bytes_max) \
+        if "subject" in q else None
+    predicate = parse_text("predicate", q["predicate"], limits.predicate_bytes_max) \
+        if "predicate" in q else None
+    author = parse_text("author", q["author"], limits.author_bytes_max) \
+        if "author" in q else None
+    epoch = parse_int("epoch", q["epoch"], minimum=1) if "epoch" in q else None
+    after = parse_int("after", q["after"], minimum=0) if "after" in q else 0
+    limit = parse_int("limit", q["limit"], minimum=1, maximum=limits.list_limit_max) \
+        if "limit" in q else limits.list_limit_default
+    return await _read(request, lambda conn: st.list_assertions(
+        conn, subject=subject, predicate=predicate, author=author, epoch=epoch, after=after,
+        limit=limit))
+
+
+async def list_votes(request: web.Request) -> web.StreamResponse:
+    _node(request).check_readable()
+    q = query_params(request, ("epoch",))
+    aid = parse_int("assertion id", request.match_info["id"], minimum=1)
+    epoch = parse_int("epoch", q["epoch"], minimum=1) if "epoch" in q else None
+    return await _read(request, lambda conn: st.list_votes(conn, aid, epoch))
+
+
+async def current_epoch(request: web.Request) -> web.StreamResponse:
+    _node(request).check_readable()
+    query_params(request, ())
+    return await _read(request, st.current_epoch)
+
+
+async def get_epoch(request: web.Request) -> web.StreamResponse:
+    _node(request).check_readable()
+    q = query_params(request, ("after", "limit"))
+    n = parse_int("epoch", request.match_info["n"], minimum=1)
+    after = parse_int("after", q["after"], minimum=0) if "after" in q else 0
+    limit = parse_int("limit", q["limit"], minimum=1, maximum=limits.list_limit_max) \
+        if "limit" in q else limits.list_limit_default
+    return await _read(request, lambda conn: st.sealed_epoch(conn, n, after=after,
+                                                             limit=limit))
+
+
+# -- admin ------------------------------------------------------------------------
+
+async def admin_status(request: web.Request) -> web.StreamResponse:
+    query_params(request, ())
+    return json_response(_node(request).status())
+
+
+async def admin_drain(request: web.Request) -> web.StreamResponse:
+    query_params(request, ())
+    await _no_body(request)
+    return json_response(await _node(request).drain())
+
+
+async def admin_checkpoint(request: web.Request) -> web.StreamResponse:
+    node = _node(request)
+    node.check_readable()
+    query_params(request, ())
+    await _no_body(request)
+    report = await asyncio.wrap_future(node.engine.checkpoint())
+    return json_response(asdict(report))
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/healthz", healthz, None, "healthz"),
+    Route("GET", "/readyz", readyz, None, "readyz"),
+    Route("GET", "/metrics", metrics, None, "metrics"),
+    Route("GET", "/openapi.json", openapi, None, "openapi"),
+    Route("POST", "/v1/assertions", create_assertion, "write", "createAssertion"),
+    Route("GET", "/v1/assertions", list_assertions, "read", "listAssertions"),
+    Route("GET", "/v1/assertions/{id}", get_assertion, "read", "getAssertion"),
+    Route("PUT", "/v1/assertions/{id}/votes/{voter}", put_vote, "write", "putVote"),
+    Route("GET", "/v1/assertions/{id}/votes", list_votes, "read", "listVotes"),
+    Route("POST", "/v1/batch", batch, "write", "batch"),
+    Route("GET", "/v1/epochs/current", current_epoch, "read", "currentEpoch"),
+    Route("POST", "/v1/epochs", seal_epoch, "write", "sealEpoch"),
+    Route("GET", "/v1/epochs/{n}", get_epoch, "read", "getEpoch"),
+    Route("GET", "/v1/admin/status", admin_status, "admin", "adminStatus"),
+    Route("POST", "/v1/admin/node/drain", admin_drain, "admin", "adminDrain"),
+    Route("POST", "/v1/admin/checkpoint", admin_checkpoint, "admin", "adminCheckpoint"),
+)

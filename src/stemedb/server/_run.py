@@ -1,0 +1,125 @@
+"""Running a node as a process: listen, recover, serve, and stop gracefully.
+
+Order at start: refuse an unsafe bind (no tokens beyond loopback), listen, *then*
+recover on a thread while the server already answers ``/healthz`` and ``/readyz``.
+
+Order at SIGTERM or SIGINT: turn not-ready and refuse new writes (503), stop
+listening, let in-flight requests finish (bounded by ``server.drain_grace_seconds``),
+close the engine (its final checkpoint makes the next start replay nothing), exit 0.
+A signal that arrives during replay stops at once: nothing was acknowledged yet,
+and the next start resumes the replay from the last applied record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import signal
+import time
+from typing import Any
+
+from aiohttp import web
+
+from .. import limits
+from ..config import Config
+from ..metrics import Metrics
+from ._app import build_app
+from ._auth import check_bind
+from ._node import Node
+
+log = logging.getLogger("stemedb.server")
+
+
+class Exit(enum.IntEnum):
+    OK = 0
+    RECOVERY_FAILED = 1
+    REFUSED = 2  # bad configuration, unsafe bind, port in use
+    # Stopped by a signal during replay: the recovery thread is still inside SQLite,
+    # so the caller ends the process without waiting for it (exit status 0).
+    STOPPED_DURING_REPLAY = 100
+
+
+async def serve(config: Config, *, insecure_allow_unauthenticated: bool = False,
+                metrics: Metrics | None = None) -> Exit:
+    host, port = config.listen
+    insecure = insecure_allow_unauthenticated or bool(
+        config.get("server", "insecure_allow_unauthenticated"))
+    refusal = check_bind(host, config.tokens, insecure)
+    if refusal is not None:
+        log.error("%s", refusal)
+        return Exit.REFUSED
+    if insecure and not config.tokens:
+        log.warning("serving without authentication on %s:%d (insecure, as requested)",
+                    host, port)
+    node = Node(config, metrics)
+    grace = node.drain_grace_seconds
+    runner = web.AppRunner(build_app(node), access_log=None, handle_signals=False,
+                           shutdown_timeout=grace)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=limits.http_startup_listen_backlog,
+                       reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", host, port, exc.strerror or exc)
+        await runner.cleanup()
+        return Exit.REFUSED
+    log.info("listening on http://%s:%d (data dir %s); replaying the WAL before taking "
+             "requests", host, port, node.engine.data_dir)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    received: list[str] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        return await _lifecycle(node, runner, stop, received)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _lifecycle(node: Node, runner: web.AppRunner, stop: asyncio.Event,
+                     received: list[str]) -> Exit:
+    recovered = node.start_recovery()
+    stopped = asyncio.ensure_future(stop.wait())
+    waiters: set[asyncio.Future[Any]] = {recovered, stopped}
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    if not recovered.done():
+        p = node.engine.progress
+        log.warning("%s during WAL replay (%d of %d bytes applied): stopping now; the next "
+                    "start resumes the replay", received[0] if received else "stop",
+                    p.bytes_done, p.bytes_total)
+        node.begin_stop()
+        await runner.cleanup()
+        return Exit.STOPPED_DURING_REPLAY
+    exc = recovered.exception()
+    if exc is not None:
+        log.error("recovery failed: %s", exc)
+        stopped.cancel()
+        await runner.cleanup()
+        return Exit.RECOVERY_FAILED
+    report = recovered.result()
+    status = node.engine.status()
+    log.info("ready: replayed %d WAL records (%d bytes) in %.3fs; WAL ends at LSN %s",
+             report.records, report.bytes, report.seconds, status["wal"]["end_lsn"])
+    await stopped
+    t0 = time.monotonic()
+    log.info("%s received: stopping (no new writes; finishing %d in flight, grace %.1fs)",
+             received[0] if received else "stop", node.inflight_writes,
+             node.drain_grace_seconds)
+    node.begin_stop()
+    # Stops listening first, then waits for in-flight handlers up to the grace.
+    await runner.cleanup()
+    await node.close_engine()
+    status = node.engine.status()
+    log.info("stopped in %.3fs: checkpoint at LSN %s, WAL ends at LSN %s; the next start "
+             "replays nothing", time.monotonic() - t0, node.engine.checkpoint_lsn,
+             status["wal"]["end_lsn"])
+    return Exit.OK
