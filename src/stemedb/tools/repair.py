@@ -401,6 +401,12 @@ def repair_dir(data_dir: str, *, dry_run: bool = False) -> DirRepairReport:
     else:
         prev = segs[cut_idx - 1] if cut_idx > 0 else None
         report.wal_end_lsn = prev.end_lsn if prev is not None else None
+        # What is lost starts where the previous segment's LSN range ends (the missing
+        # or unreadable segment's base), whatever later segments say.
+        if prev is not None and prev.base_lsn is not None and prev.capacity_bytes:
+            report.first_lost_lsn = prev.base_lsn + prev.capacity_bytes
+        else:
+            report.first_lost_lsn = segs[cut_idx].base_lsn
     for s in segs[first_quarantined:]:
         seg_lost = LostRecords()
         _lost_in_segment(s.path, seg_lost)

@@ -176,7 +176,7 @@ def _scan(path: str, summary: SegmentSummary, *, is_last: bool, wal_dir: str,
         summary.seq = sc.header.seq
         summary.base_lsn = sc.header.base_lsn
         summary.capacity_bytes = sc.header.capacity_bytes
-        last_reported = SEGMENT_HEADER_SIZE
+        last_reported = 0  # bytes of this file already reported
         for rec in sc.records():
             summary.records += 1
             if summary.first_lsn is None:
@@ -186,7 +186,7 @@ def _scan(path: str, summary: SegmentSummary, *, is_last: bool, wal_dir: str,
                 last_reported = rec.offset
         summary.end_offset = sc.end_offset
         if progress is not None:
-            progress(max(0, sc.limit - last_reported))
+            progress(max(0, sc.file_size - last_reported))
         if sc.damage is None:
             return None
         off, reason, followed = sc.damage
