@@ -358,6 +358,22 @@ class Engine:
                           for s in segs if s.header]
         last = segs[-1]
         assert last.header is not None
+        applied_last = st.get_meta(conn, "applied_last_lsn")
+        if applied is not None and applied_last is not None and not self._frame_ends_at(
+                segs, chain.locate(int(applied_last)), int(applied_last), applied):
+            # The state holds records the WAL lost: acknowledged before fsync
+            # (fsync=interval or never) and then lost in a crash.  Nothing after them
+            # can be trusted in this segment; continue the log in a fresh segment.
+            end = self._estimate_end(last.path, last.header)
+            log.warning("the state is ahead of the WAL: the record at LSN %s is not in the "
+                        "WAL (fsync=%s loss window); continuing in a new segment after %s",
+                        applied_last, self.config.fsync, last.name)
+            writer.open_tail(last.header, max(SEGMENT_HEADER_SIZE, end - last.header.base_lsn))
+            writer.rotate(min_base_lsn=applied)
+            report.end_lsn = writer.end_lsn
+            report.seconds = time.monotonic() - t0
+            self._update_wal_gauges()
+            return report
         total = max(0, self._estimate_end(last.path, last.header) - start)
         self.progress = ReplayProgress("replaying", 0, total, 0, t0)
         self.m.replay_bytes_total.set(total)
@@ -408,16 +424,7 @@ class Engine:
         # the log never has a hole inside a segment.
         assert tail_header is not None
         wal_end = tail_header.base_lsn + tail_offset
-        applied_now = st.applied_end_lsn(conn) or wal_end
         writer.open_tail(tail_header, tail_offset)
-        if applied_now > wal_end:
-            log.warning("the state is ahead of the WAL (LSN %d > %d): records acknowledged "
-                        "before fsync were lost in a crash (fsync=%s); continuing in a new "
-                        "segment", applied_now, wal_end, self.config.fsync)
-            writer.rotate()
-            if writer.end_lsn < applied_now:
-                raise CorruptionError(writer.segment, 0, f"the state is at LSN {applied_now}"
-                                      f", beyond the whole WAL", kind="gap")
         if st.applied_end_lsn(conn) is None:
             # The genesis record never became durable (a crash while creating the
             # database): write it now.
@@ -430,6 +437,19 @@ class Engine:
         self.m.replay_throughput_bytes_per_second.set(self._apply_bytes_per_s)
         self._update_wal_gauges()
         return report
+
+    def _frame_ends_at(self, segs: list[Any], idx: int, lsn: int, end: int) -> bool:
+        """True when a valid frame at ``lsn`` ends exactly at ``end``."""
+        if idx >= len(segs) or segs[idx].header is None:
+            return False
+        s = segs[idx]
+        off = lsn - s.header.base_lsn
+        if off < SEGMENT_HEADER_SIZE or off >= s.header.capacity_bytes:
+            return False
+        with SegmentScanner(self.fs, s.path) as sc:
+            for rec in sc.records(off):
+                return rec.lsn == lsn and rec.end_lsn == end
+        return False
 
     def _all_zero(self, path: str) -> bool:
         f = self.fs.open(path)
@@ -498,6 +518,7 @@ class Engine:
                 report.bytes += rec.size
             self.applied_records += len(recs)
             st.set_meta(conn, "applied_end_lsn", recs[-1].end_lsn)
+            st.set_meta(conn, "applied_last_lsn", recs[-1].lsn)
             st.set_meta(conn, "applied_records", self.applied_records)
             conn.execute("COMMIT")
         except BaseException:
@@ -819,6 +840,7 @@ class Engine:
                 end = frames[-1][1] + frame_size(len(frames[-1][2]))
                 self.applied_records += len(frames)
                 st.set_meta(conn, "applied_end_lsn", end)
+                st.set_meta(conn, "applied_last_lsn", frames[-1][1])
                 st.set_meta(conn, "applied_records", self.applied_records)
             apply_s = time.perf_counter() - apply_t0
             if frames:

@@ -58,7 +58,7 @@ class WalWriter:
         self._plan_offset = 0
         self._prealloc_lock = threading.Lock()
         self._prealloc_thread: threading.Thread | None = None
-        self._prealloc_for: int | None = None  # seq of the prepared file
+        self._prealloc_for: tuple[int, int] | None = None  # (seq, base) of the prepared file
         self.prealloc_error: OSError | None = None
 
     # -- opening ------------------------------------------------------------------
@@ -172,11 +172,16 @@ class WalWriter:
         return self.synced_offset != self.offset
 
     # -- rotation -----------------------------------------------------------------
-    def rotate(self) -> None:
-        """Close the full segment (synced) and switch to the next one."""
+    def rotate(self, min_base_lsn: int = 0) -> None:
+        """Close the full segment (synced) and switch to the next one.
+
+        ``min_base_lsn`` lets recovery start the next segment beyond LSNs the state has
+        already seen (a gap `stemedb wal verify` reports), so LSNs never go backwards.
+        """
         assert self.header is not None and self._file is not None
         self.sync()  # a rotated-away segment is always durable: only the last can be torn
-        nxt = SegmentHeader(self.header.seq + 1, self.header.end_lsn, self.segment_size_bytes,
+        base = max(self.header.end_lsn, min_base_lsn)
+        nxt = SegmentHeader(self.header.seq + 1, base, self.segment_size_bytes,
                             self._clock_ns())
         old = self._file
         self._install_new_segment(nxt)
@@ -192,7 +197,7 @@ class WalWriter:
         tmp = os.path.join(self.wal_dir, PREALLOC_NAME)
         final = self.path(header.seq)
         try:
-            if self._prealloc_for != header.seq or not self.fs.exists(tmp):
+            if self._prealloc_for != (header.seq, header.base_lsn) or not self.fs.exists(tmp):
                 self._prepare(tmp, header)
             self._prealloc_for = None
             self.fs.rename(tmp, final)
@@ -229,7 +234,7 @@ class WalWriter:
             with self._prealloc_lock:
                 try:
                     self._prepare(os.path.join(self.wal_dir, PREALLOC_NAME), nxt)
-                    self._prealloc_for = nxt.seq
+                    self._prealloc_for = (nxt.seq, nxt.base_lsn)
                 except OSError as exc:  # retried inline at rotation, loudly if it fails
                     self.prealloc_error = exc
                     log.warning("WAL preallocation of %s failed: %s", segment_name(nxt.seq),
