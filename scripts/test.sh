@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Set up everything the tests need on a fresh Debian machine, then run lint, types and
+# the whole test suite.  Extra arguments go to pytest (e.g. scripts/test.sh -k wal).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System tools the tests drive for real: promtool and prometheus (alert rules, a real
+# scrape), strace (syscall fault injection).
+need=()
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+command -v strace >/dev/null 2>&1 || need+=(strace)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends \
+    $(printf '%s\n' "${need[@]}" | sort -u)
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+
+python3 -m ruff check src tests bench
+python3 -m mypy
+python3 -m pytest "$@"
