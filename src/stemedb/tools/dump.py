@@ -94,6 +94,7 @@ class DumpRecord:
     authors: list[str]
     ops: list[dict[str, Any]]
     epoch: int | None = None  # the epoch the record was written in, when known
+    assertion_ids: list[int] | None = None  # ids its assert ops got, when known
     idempotency_key: str | None = None
     body_sha256: str | None = None
     error: str | None = None
@@ -101,7 +102,8 @@ class DumpRecord:
     def as_dict(self) -> dict[str, Any]:
         return {"lsn": self.lsn, "segment": self.segment, "offset": self.offset,
                 "size": self.size, "type": self.type, "time": self.time,
-                "epoch": self.epoch, "authors": self.authors, "ops": self.ops,
+                "epoch": self.epoch, "assertion_ids": self.assertion_ids,
+                "authors": self.authors, "ops": self.ops,
                 "idempotency_key": self.idempotency_key, "body_sha256": self.body_sha256,
                 "error": self.error}
 
@@ -114,7 +116,9 @@ class DumpRecord:
             if self.epoch is None:
                 return "seals the open epoch, opens the next"
             return f"seals epoch {self.epoch}, opens epoch {self.epoch + 1}"
-        parts = [_op_text(op) for op in self.ops[:BATCH_OPS_SHOWN_MAX]]
+        ids = iter(self.assertion_ids or [])
+        parts = [_op_text(op, next(ids, None) if "assert" in op else None)
+                 for op in self.ops[:BATCH_OPS_SHOWN_MAX]]
         text = "; ".join(parts)
         if self.type == "batch":
             more = len(self.ops) - BATCH_OPS_SHOWN_MAX
@@ -133,10 +137,11 @@ def _compact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
 
-def _op_text(op: dict[str, Any]) -> str:
+def _op_text(op: dict[str, Any], assertion_id: int | None = None) -> str:
     if "assert" in op:
         a = op["assert"]
-        s = (f"assert subject={_compact(a.get('subject'))} "
+        s = "assert" + ("" if assertion_id is None else f" #{assertion_id}")
+        s += (f" subject={_compact(a.get('subject'))} "
              f"predicate={_compact(a.get('predicate'))} object={_compact(a.get('object'))}")
         if a.get("confidence") is not None:
             s += f" confidence={_compact(a['confidence'])}"
@@ -210,14 +215,17 @@ class Dump:
 
     def records(self) -> Iterator[DumpRecord]:
         flt = self.flt
+        # Epochs and assertion ids are counted from the genesis record, so they are
+        # known only when the dump reads the log from its first segment.
         epoch: int | None = None
+        next_id: int | None = None
         for path in self.paths:
             name = os.path.basename(path)
             try:
                 sc = SegmentScanner(RO_FS, path)
             except HeaderError as exc:
                 self.damage.append(f"{name}: bad_header: {exc.reason}")
-                epoch = None
+                epoch = next_id = None
                 continue
             except OSError as exc:
                 raise ToolError(f"cannot read {path}: {exc.strerror or exc}") from exc
@@ -226,7 +234,7 @@ class Dump:
                 # Segments wholly before --from-lsn are skipped, unless reading them
                 # keeps the epoch count (which starts at the genesis record).
                 if (flt.from_lsn is not None and h.end_lsn <= flt.from_lsn
-                        and epoch is None and h.seq != 1):
+                        and epoch is None and h.seq != 1):  # epoch None: nothing to count
                     continue
                 if flt.to_lsn is not None and h.base_lsn > flt.to_lsn:
                     break
@@ -234,8 +242,12 @@ class Dump:
                     self.scanned += 1
                     d = decode(rec.lsn, rec.type, rec.payload, name, rec.offset, rec.size)
                     if d.type == "genesis":
-                        epoch = 1
+                        epoch, next_id = 1, 1
                     d.epoch = epoch
+                    if next_id is not None and d.error is None:
+                        n = sum(1 for op in d.ops if "assert" in op)
+                        d.assertion_ids = list(range(next_id, next_id + n))
+                        next_id += n
                     if d.type == "seal" and epoch is not None:
                         epoch += 1
                     if flt.matches(d):
@@ -244,7 +256,7 @@ class Dump:
                     off, reason, _ = sc.damage
                     self.damage.append(f"{name}: damaged at offset {off} (LSN "
                                        f"{h.base_lsn + off}): {reason}")
-                    epoch = None
+                    epoch = next_id = None
 
 
 def json_line(rec: DumpRecord) -> str:
