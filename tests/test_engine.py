@@ -97,8 +97,8 @@ def test_batch_is_atomic(eng: Engine) -> None:
         eng.submit(WriteRequest(RecordType.BATCH, ops)).result()
     assert eng.status()["wal"]["end_lsn"] == before  # nothing reached the WAL
     assert eng.read(lambda c: st.list_assertions(c)).result()["items"] == []
-    ok = eng.submit(WriteRequest(RecordType.BATCH, ops[:1] + [
-        {"vote": {"assertion_id": 1, "voter": "v", "value": 1}}])).result()
+    vote = {"vote": {"assertion_id": 1, "voter": "v", "value": 1}}
+    ok = eng.submit(WriteRequest(RecordType.BATCH, [*ops[:1], vote])).result()
     assert ok.status == 201 and [r.get("id") for r in ok.body["results"]] == [1, None]
 
 

@@ -221,7 +221,7 @@ def test_torn_tail_bytes_are_saved_aside(tmp_path: Path, pristine: tuple[Path, l
 def test_all_zero_last_segment_header_is_dropped_not_fatal(tmp_path: Path,
                                                            pristine: tuple[Path, list[Rec]]
                                                            ) -> None:
-    src, recs = pristine
+    src, _recs = pristine
     d = tmp_path / "db"
     shutil.copytree(src, d)
     nxt = d / "wal" / "segment.004.wal"

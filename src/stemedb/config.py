@@ -173,7 +173,7 @@ def _coerce(table: str, key: str, typ: type, raw: Any, origin: str) -> Any:
             if not isinstance(raw, list):
                 raise ValueError("expected a list")
             return raw
-        if typ is int and (isinstance(raw, bool) or isinstance(raw, float)):
+        if typ is int and (isinstance(raw, (bool, float))):
             raise ValueError(f"expected an integer, got {raw!r}")
         if typ is str and not isinstance(raw, str):
             raise ValueError(f"expected a string, got {raw!r}")

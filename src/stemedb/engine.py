@@ -50,7 +50,6 @@ from .storage import DiskUsage, FileSystem, OsFileSystem
 from .wal import (
     PREALLOC_NAME,
     SEGMENT_HEADER_SIZE,
-    HeaderError,
     Record,
     RecordType,
     SegmentHeader,
@@ -423,7 +422,7 @@ class Engine:
         # under fsync=interval/never and lost in a crash), continue in a fresh segment so
         # the log never has a hole inside a segment.
         assert tail_header is not None
-        wal_end = tail_header.base_lsn + tail_offset
+        tail_header.base_lsn + tail_offset
         writer.open_tail(tail_header, tail_offset)
         if st.applied_end_lsn(conn) is None:
             # The genesis record never became durable (a crash while creating the
@@ -1004,10 +1003,8 @@ class Engine:
             keep: list[_SegMeta] = []
             for s in self._segments:
                 if s.seq != w.header.seq and s.base_lsn + s.capacity_bytes <= lowest:
-                    try:
+                    with contextlib.suppress(FileNotFoundError):
                         self.fs.remove(os.path.join(self.wal_dir, segment_name(s.seq)))
-                    except FileNotFoundError:
-                        pass
                     removed.append(segment_name(s.seq))
                 else:
                     keep.append(s)

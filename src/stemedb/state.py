@@ -235,7 +235,8 @@ def list_assertions(conn: sqlite3.Connection, *, subject: str | None = None,
                     predicate: str | None = None, author: str | None = None,
                     epoch: int | None = None, after: int = 0, limit: int = 100
                     ) -> dict[str, Any]:
-    where, args = ["id > ?"], [after]
+    where: list[str] = ["id > ?"]
+    args: list[str | int] = [after]
     for col, val in (("subject", subject), ("predicate", predicate), ("author", author),
                      ("epoch", epoch)):
         if val is not None:

@@ -23,6 +23,7 @@ A failure prints ``reproduce with seed=N``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
@@ -121,7 +122,7 @@ def _random_request(rng: random.Random, next_id: int, keys: list[tuple[str, Writ
 
     r = rng.random()
     if keys and r < 0.05:
-        key, req = rng.choice(keys)  # an idempotent retry of an earlier request
+        _key, req = rng.choice(keys)  # an idempotent retry of an earlier request
         return req
     if r < 0.45:
         req = WriteRequest(RecordType.ASSERT, [{"assert": assertion()}])
@@ -218,18 +219,14 @@ def run_seed(seed: int, workdir: str, *, fsync: str = "always") -> SimResult:
     ref.recover()
     ref.start()
     for req in requests:
-        try:
+        with contextlib.suppress(StemeError):
             ref.submit(req).result()
-        except StemeError:
-            pass
     matched = ""
     if _dump(os.path.join(ref_dir, "state.sqlite3")) == recovered:
         matched = "acked"
     elif inflight is not None:
-        try:
+        with contextlib.suppress(StemeError):
             ref.submit(inflight).result()
-        except StemeError:
-            pass
         if _dump(os.path.join(ref_dir, "state.sqlite3")) == recovered:
             matched = "acked+inflight"
     ref.close()
