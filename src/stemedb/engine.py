@@ -418,11 +418,8 @@ class Engine:
                         log.error("WAL segment %s corrupt at offset %d (LSN %d): %s",
                                   s.name, doff, lsn, reason)
                         raise CorruptionError(s.name, doff, reason, lsn=lsn, kind=kind)
-        # Open the writer at the tail.  If the state is ahead of the WAL (records acked
-        # under fsync=interval/never and lost in a crash), continue in a fresh segment so
-        # the log never has a hole inside a segment.
+        # Open the writer where the valid data ends (after any torn tail was cut).
         assert tail_header is not None
-        tail_header.base_lsn + tail_offset
         writer.open_tail(tail_header, tail_offset)
         if st.applied_end_lsn(conn) is None:
             # The genesis record never became durable (a crash while creating the
