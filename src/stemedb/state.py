@@ -79,14 +79,23 @@ def set_meta(conn: sqlite3.Connection, key: str, value: Any) -> None:
                  "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
 
 
+def set_applied(conn: sqlite3.Connection, end_lsn: int, last_lsn: int, records: int) -> None:
+    """Record how far the state has applied the WAL, in the caller's transaction."""
+    conn.execute("INSERT INTO meta(key, value) VALUES('applied_end_lsn', ?),"
+                 " ('applied_last_lsn', ?), ('applied_records', ?)"
+                 " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                 (end_lsn, last_lsn, records))
+
+
 def applied_end_lsn(conn: sqlite3.Connection) -> int | None:
     v = get_meta(conn, "applied_end_lsn")
     return None if v is None else int(v)
 
 
 def open_epoch(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT n FROM epochs WHERE sealed_at IS NULL").fetchone()
-    if row is None:
+    # The open epoch is always the highest-numbered one: a primary-key lookup.
+    row = conn.execute("SELECT max(n) FROM epochs").fetchone()
+    if row is None or row[0] is None:
         raise NotFound("no open epoch: the WAL's genesis record has not been applied")
     return int(row[0])
 
@@ -105,12 +114,20 @@ def status_of(score: int) -> str:
 
 # -- the state transition ---------------------------------------------------------
 
+# One encoder, built once: json.dumps with non-default options builds a new one per call.
+_OBJECT_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+_INSERT_ASSERTION = ("INSERT INTO assertions(id, subject, predicate, object, author, confidence,"
+                     " source, epoch, lsn, created_at) VALUES(?,?,?,?,?,?,?,?,?,?)")
+
+
 def apply_record(conn: sqlite3.Connection, rtype: int, payload: dict[str, Any],
                  lsn: int) -> tuple[int, dict[str, Any]]:
     """Apply one WAL record; return (HTTP status, response body).
 
     Raises a :class:`StemeError` when the request is invalid against the current
     state (an unknown assertion, say); the caller rolls back its savepoint.
+    Assertion ids are assigned here, densely and in LSN order, so a replay assigns
+    the same ones.
     """
     ts: str = payload["t"]
     if rtype == RecordType.GENESIS:
@@ -120,28 +137,41 @@ def apply_record(conn: sqlite3.Connection, rtype: int, payload: dict[str, Any],
     if rtype == RecordType.SEAL:
         return 201, _seal(conn, epoch, ts, lsn)
     ops: list[dict[str, Any]] = payload["ops"]
-    results = [_apply_op(conn, op, epoch, ts, lsn) for op in ops]
-    if rtype == RecordType.ASSERT:
-        return 201, results[0][1]
-    if rtype == RecordType.VOTE:
-        status, body = results[0]
-        return status, body
+    results: list[tuple[int, dict[str, Any]]] = []
+    rows: list[tuple[Any, ...]] = []
+    next_id = 0
+    asserted = new_votes = 0
+    for op in ops:
+        a = op.get("assert")
+        if a is not None:
+            if not next_id:
+                next_id = (conn.execute("SELECT max(id) FROM assertions").fetchone()[0] or 0) + 1
+            rows.append((next_id, a["subject"], a["predicate"],
+                         _OBJECT_ENCODER.encode(a["object"]), a["author"], a.get("confidence"),
+                         a.get("source"), epoch, lsn, ts))
+            results.append((201, {"id": next_id, "lsn": lsn, "epoch": epoch, "created_at": ts}))
+            next_id += 1
+            continue
+        if rows:  # a vote may name an assertion created earlier in this batch
+            conn.executemany(_INSERT_ASSERTION, rows)
+            asserted += len(rows)
+            rows = []
+        status, body = _vote(conn, op["vote"], epoch, ts, lsn)
+        new_votes += status == 201
+        results.append((status, body))
+    if rows:
+        conn.executemany(_INSERT_ASSERTION, rows)
+        asserted += len(rows)
+    if asserted or new_votes:
+        conn.execute("UPDATE epochs SET assertions = assertions + ?, votes = votes + ?"
+                     " WHERE n=?", (asserted, new_votes, epoch))
+    if rtype in (RecordType.ASSERT, RecordType.VOTE):
+        return results[0]
     return 201, {"results": [r[1] for r in results], "lsn": lsn, "epoch": epoch}
 
 
-def _apply_op(conn: sqlite3.Connection, op: dict[str, Any], epoch: int, ts: str,
-              lsn: int) -> tuple[int, dict[str, Any]]:
-    if "assert" in op:
-        a = op["assert"]
-        cur = conn.execute(
-            "INSERT INTO assertions(subject, predicate, object, author, confidence, source,"
-            " epoch, lsn, created_at) VALUES(?,?,?,?,?,?,?,?,?)",
-            (a["subject"], a["predicate"], json.dumps(a["object"], ensure_ascii=False,
-                                                       separators=(",", ":"), sort_keys=True),
-             a["author"], a.get("confidence"), a.get("source"), epoch, lsn, ts))
-        conn.execute("UPDATE epochs SET assertions = assertions + 1 WHERE n=?", (epoch,))
-        return 201, {"id": cur.lastrowid, "lsn": lsn, "epoch": epoch, "created_at": ts}
-    v = op["vote"]
+def _vote(conn: sqlite3.Connection, v: dict[str, Any], epoch: int, ts: str, lsn: int
+          ) -> tuple[int, dict[str, Any]]:
     aid = v["assertion_id"]
     if conn.execute("SELECT 1 FROM assertions WHERE id=?", (aid,)).fetchone() is None:
         raise NotFound(f"assertion {aid} does not exist")
@@ -150,7 +180,6 @@ def _apply_op(conn: sqlite3.Connection, op: dict[str, Any], epoch: int, ts: str,
     if old is None:
         conn.execute("INSERT INTO votes(epoch, assertion_id, voter, value, lsn, updated_at)"
                      " VALUES(?,?,?,?,?,?)", (epoch, aid, v["voter"], v["value"], lsn, ts))
-        conn.execute("UPDATE epochs SET votes = votes + 1 WHERE n=?", (epoch,))
     else:
         conn.execute("UPDATE votes SET value=?, lsn=?, updated_at=? WHERE assertion_id=? AND"
                      " epoch=? AND voter=?", (v["value"], lsn, ts, aid, epoch, v["voter"]))
