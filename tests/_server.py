@@ -91,7 +91,8 @@ class ServerProcess:
         raise TimeoutError(f"{path} not 200 after {timeout_seconds}s:\n{self.log()}")
 
     def client(self, **kw: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=10.0, **kw)
+        kw.setdefault("timeout", 10.0)
+        return httpx.Client(base_url=self.url, **kw)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -69,8 +69,10 @@ def serve(config_path: str | None, data_dir: str | None, listen: str | None,
     _set_process_name()
     effective = cfg.effective()
     effective["data_dir"] = os.path.abspath(cfg.data_dir)
+    # One line; in JSON logs the configuration is also a structured field.
     log.info("effective config (from %s; secrets masked): %s",
-             cfg.source or "defaults and environment", json.dumps(effective, sort_keys=True))
+             cfg.source or "defaults and environment", json.dumps(effective, sort_keys=True),
+             extra={"config": effective})
     code = asyncio.run(serve_node(cfg, insecure_allow_unauthenticated=insecure))
     if code == Exit.STOPPED_DURING_REPLAY:
         # The recovery thread is inside SQLite; do not wait for it (nothing was
