@@ -458,7 +458,9 @@ def check_holds(data_dir: str, report: VerifyReport, state: _StateInfo | None,
                 stuck.append(f"{name} (not moved for {now - adv:.0f} s, keeps "
                              f"{_mib(lag)})")
     elif state is not None and state.holds and end is not None:
-        _, newest = _record_times(data_dir, end - 1) if end > 0 else (None, None)
+        last_base = next((x.base_lsn for x in reversed(report.segments)
+                          if x.base_lsn is not None), 0)
+        _, newest = _record_times(data_dir, last_base)
         for name, lsn, updated in state.holds:
             lag = max(0, end - lsn)
             rows.append({"hold": name, "lsn": lsn, "lag_bytes": lag,
