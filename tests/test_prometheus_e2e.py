@@ -1,0 +1,175 @@
+"""End to end: a real Prometheus scrapes a real StemeDB, a real fault fires the alert.
+
+The rules are ops/prometheus/stemedb.rules.yml with only their ``for:`` durations
+shortened to 1s, so a test does not wait minutes; the durations themselves are
+covered by ``promtool test rules`` (tests/test_alert_rules.py).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests._server import SERVE_CMD, ServerProcess, free_port
+
+RULES = Path(__file__).resolve().parents[1] / "ops" / "prometheus" / "stemedb.rules.yml"
+ALERT_TIMEOUT_SECONDS = 90.0
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} is required (Debian package prometheus/strace; .ci/run installs it)"
+    return path
+
+
+class Prometheus:
+    def __init__(self, workdir: Path, target: str) -> None:
+        self.port = free_port()
+        self.dir = workdir / "prometheus"
+        self.dir.mkdir()
+        rules = re.sub(r"(?m)^(\s+)for: \S+$", r"\1for: 1s", RULES.read_text())
+        (self.dir / "rules.yml").write_text(rules)
+        (self.dir / "prometheus.yml").write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            "rule_files: [rules.yml]\n"
+            "scrape_configs:\n  - job_name: stemedb\n"
+            f"    static_configs: [{{targets: ['{target}']}}]\n")
+        self.log = open(self.dir / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop
+        self.proc = subprocess.Popen(
+            [_binary("prometheus"), f"--config.file={self.dir / 'prometheus.yml'}",
+             f"--storage.tsdb.path={self.dir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_alert(self, name: str, want: dict[str, str] | None = None) -> dict[str, Any]:
+        deadline = time.monotonic() + ALERT_TIMEOUT_SECONDS
+        seen: list[Any] = []
+        with httpx.Client(timeout=5) as c:
+            while time.monotonic() < deadline:  # bounded by the deadline
+                assert self.proc.poll() is None, (self.dir / "prometheus.log").read_text()
+                try:
+                    seen = c.get(self.url + "/api/v1/alerts").json()["data"]["alerts"]
+                except (httpx.TransportError, ValueError, KeyError):
+                    seen = []
+                for a in seen:
+                    labels = a["labels"]
+                    if labels.get("alertname") == name and a["state"] == "firing" and all(
+                            labels.get(k) == v for k, v in (want or {}).items()):
+                        return dict(a)
+                time.sleep(0.5)
+        raise AssertionError(f"{name} never fired; alerts seen: {seen}")
+
+    def wait_scraped(self) -> None:
+        """Wait until Prometheus has scraped the target at least once."""
+        deadline = time.monotonic() + ALERT_TIMEOUT_SECONDS
+        with httpx.Client(timeout=5) as c:
+            while time.monotonic() < deadline:  # bounded by the deadline
+                try:
+                    res = c.get(self.url + "/api/v1/query", params={"query": "up"}).json()
+                    if any(r["value"][1] == "1" for r in res["data"]["result"]):
+                        return
+                except (httpx.TransportError, ValueError, KeyError):
+                    pass
+                time.sleep(0.25)
+        raise AssertionError("Prometheus never scraped StemeDB")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(20)
+        self.log.close()
+
+
+class StracedServer(ServerProcess):
+    """A server whose fdatasync calls fail with EIO from the N-th one on."""
+
+    def __init__(self, workdir: Path, strace_args: list[str], **kw: Any) -> None:
+        super().__init__(workdir, **kw)
+        self.prefix = [_binary("strace"), "-f", "-o", "/dev/null", *strace_args]
+
+    def start(self, *, wait: str | None = "ready") -> ServerProcess:
+        import tests._server as srv
+        saved = srv.SERVE_CMD
+        srv.SERVE_CMD = [*self.prefix, *SERVE_CMD]
+        try:
+            return super().start(wait=wait)
+        finally:
+            srv.SERVE_CMD = saved
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+
+
+def _assert(client: httpx.Client, i: int) -> httpx.Response:
+    return client.post("/v1/assertions", json={"subject": f"s{i}", "predicate": "p",
+                                                "object": i, "author": "e2e"})
+
+
+def test_fsync_failure_fires_WALFsyncFailure_in_real_prometheus(workdir: Path) -> None:
+    server = StracedServer(workdir, ["-e", "trace=fdatasync",
+                                     "-e", "inject=fdatasync:error=EIO:when=12+"])
+    server.start()
+    prom = None
+    try:
+        prom = Prometheus(workdir, f"127.0.0.1:{server.port}")
+        prom.wait_scraped()
+        statuses = []
+        with server.client() as c:
+            for i in range(40):  # bounded: the fault arrives within the first few writes
+                r = _assert(c, i)
+                statuses.append(r.status_code)
+                if r.status_code == 500:
+                    assert r.json()["error"]["code"] == "wal_fsync_failed"
+                    break
+            assert statuses[-1] == 500, f"no fsync failure surfaced: {statuses}"
+            assert _assert(c, 999).status_code == 500  # fenced: every later write fails
+            metrics = c.get("/metrics").text
+        assert re.search(r'stemedb_wal_fsync_errors_total\{segment="segment\.\d{3,}\.wal"\} 1',
+                         metrics)
+        alert = prom.wait_alert("WALFsyncFailure")
+        assert alert["labels"]["severity"] == "critical"
+        assert alert["annotations"]["runbook_url"].endswith("runbooks/WALFsyncFailure.md")
+        prom.wait_alert("WritesFenced")
+        assert "Failed to fsync WAL segment" in server.log()
+    finally:
+        if prom is not None:
+            prom.stop()
+        server.stop()
+
+
+def test_disk_guard_fires_WALDiskNearlyFull_in_real_prometheus(workdir: Path) -> None:
+    # A reserve larger than any disk: the guard refuses every write with 507.
+    server = ServerProcess(workdir, env={"STEMEDB_WAL_DISK_RESERVE_BYTES": str(1 << 62)})
+    server.start(wait="healthy")
+    prom = None
+    try:
+        prom = Prometheus(workdir, f"127.0.0.1:{server.port}")
+        prom.wait_scraped()
+        with server.client() as c:
+            r = _assert(c, 1)
+            assert r.status_code == 507, r.text
+            assert r.json()["error"]["code"] == "insufficient_storage"
+            assert c.get("/v1/epochs/current").status_code == 200  # reads keep working
+            time.sleep(3)  # a first scrape of the refusal counter, then another refusal
+            assert _assert(c, 2).status_code == 507
+        alert = prom.wait_alert("WALDiskNearlyFull", {"tier": "guard"})
+        assert alert["labels"]["severity"] == "critical"
+        assert alert["annotations"]["runbook_url"].endswith("runbooks/WALDiskNearlyFull.md")
+    finally:
+        if prom is not None:
+            prom.stop()
+        server.stop()
