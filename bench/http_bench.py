@@ -1,0 +1,339 @@
+"""Durable writes over the network: StemeDB's HTTP API beside PostgreSQL and Redis.
+
+All three servers are started by this bench on 127.0.0.1 (free ports, temp dirs) and
+stopped at the end; all are measured in the same run at the same client counts, each
+client with one request in flight:
+
+- **StemeDB**: ``stemedb serve --data-dir D --listen 127.0.0.1:PORT`` with
+  ``STEMEDB_WAL_FSYNC=always`` (acknowledged after fdatasync), load from ``wrk`` (C,
+  epoll; ``apt-get install -y wrk`` when missing) with a Lua script that POSTs a fresh
+  assertion to ``/v1/assertions`` per request.  ``-t`` is min(clients, 2).
+- **PostgreSQL**: one-row INSERT per transaction, ``synchronous_commit=on``,
+  ``fsync=on``, from ``pgbench -f insert.sql -c N -j min(N, 2) -T seconds``.
+- **Redis**: ``appendonly yes``, ``appendfsync always``, ``redis-benchmark -t set -c N
+  -d 150``.
+
+Also measured: ``POST /v1/batch`` with 1,000 assertions per request; and the p99 of
+``GET /v1/assertions/{id}`` while 16 clients write, once with a normal disk and once
+with the server run under ``strace -f --seccomp-bpf -e trace=fdatasync -e
+inject=fdatasync:delay_exit=200000`` so that every fdatasync takes 200 ms longer:
+reads must not wait on fsync.  (``--seccomp-bpf`` stops the process only at
+fdatasync; without it ptrace would stop every syscall, slowing reads for a reason
+that has nothing to do with fsync.)
+
+Run: ``python -m bench.http_bench [--seconds 5] [--clients 1,16,64] [--json F]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import httpx
+
+from ._common import (
+    Report,
+    Target,
+    base_parser,
+    bench_dir,
+    command_line,
+    machine_info,
+    print_machine,
+    run,
+    sample_assertion,
+)
+from ._peers import Postgres, Redis, ensure_tool, free_port
+
+MODULE = "bench.http_bench"
+START_TIMEOUT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 30.0
+WRK_TIMEOUT = "10s"  # per request; a slower response counts as a wrk timeout error
+
+_DONE_LUA = r"""
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"status_errors":%d,' ..
+    '"socket_errors":%d}\n', summary.requests, summary.duration, latency:percentile(50),
+    latency:percentile(99), e.status, e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+POST_LUA = r"""
+local counter = 0
+local threads = {}
+setup = function(thread)
+  thread:set("tid", #threads)
+  table.insert(threads, thread)
+end
+request = function()
+  counter = counter + 1
+  local n = (tid or 0) * 1000000000 + counter
+  local body = string.format(
+    '{"subject":"urn:example:sensor/%d","predicate":"reading",' ..
+    '"object":{"celsius":%d,"seq":%d},"author":"writer-%d","confidence":0.9}',
+    n % 1000, 20 + n % 17, n, n % 16)
+  return wrk.format("POST", "/v1/assertions", {["Content-Type"] = "application/json"}, body)
+end
+""" + _DONE_LUA
+
+BATCH_LUA = r"""
+init = function(args)
+  local f = assert(io.open(args[1], "rb"))
+  wrk.method = "POST"
+  wrk.path = "/v1/batch"
+  wrk.body = f:read("*a")
+  wrk.headers["Content-Type"] = "application/json"
+  f:close()
+end
+""" + _DONE_LUA
+
+GET_LUA = r"""
+local max_id = 1000
+init = function(args)
+  max_id = tonumber(args[1])
+  math.randomseed(os.time() + math.floor(os.clock() * 1000000))
+end
+request = function()
+  return wrk.format("GET", "/v1/assertions/" .. math.random(1, max_id))
+end
+""" + _DONE_LUA
+
+
+class StemeServer:
+    """``stemedb serve`` in its own process group, optionally under strace."""
+
+    def __init__(self, root: str, name: str, *, slow_fdatasync_us: int = 0) -> None:
+        self.root = os.path.join(root, name)
+        os.makedirs(self.root, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.slow_fdatasync_us = slow_fdatasync_us
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        config = os.path.join(self.root, "api.toml")
+        with open(config, "w") as f:
+            f.write("# empty: defaults, then the STEMEDB_* variables below\n")
+        stemedb = shutil.which("stemedb")
+        serve = ([stemedb] if stemedb else [sys.executable, "-m", "stemedb.cli"])
+        cmd = [*serve, "serve", "--config", config, "--data-dir",
+               os.path.join(self.root, "data"), "--listen", f"127.0.0.1:{self.port}",
+               "--log-level", "warning"]
+        if self.slow_fdatasync_us:
+            cmd = ["strace", "-f", "--seccomp-bpf", "-e", "trace=fdatasync", "-e",
+                   f"inject=fdatasync:delay_exit={self.slow_fdatasync_us}", "-o",
+                   "/dev/null", *cmd]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STEMEDB_")}
+        env.update({"STEMEDB_WAL_FSYNC": "always", "STEMEDB_WAL_DISK_RESERVE_BYTES": "0"})
+        self.log = open(os.path.join(self.root, "server.log"), "wb")  # noqa: SIM115 - stop()
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True, cwd=self.root)
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while True:  # bounded by the deadline
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"stemedb serve exited with {self.proc.returncode}; "
+                                   f"see {self.log.name}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"stemedb serve not ready after {START_TIMEOUT_SECONDS}s")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        # The server and strace (if any) share the process group this bench created.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(STOP_TIMEOUT_SECONDS)
+        # strace may exit before its tracee: make sure nothing of the group is left.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        self.log.close()
+
+    def seed(self, assertions: int) -> int:
+        """Write ``assertions`` (in batches of 1000); return the highest id."""
+        top = 0
+        with httpx.Client(base_url=self.url, timeout=60) as c:
+            for start in range(0, assertions, 1000):  # bounded by ``assertions``
+                ops = [{"assert": sample_assertion(start + k)}
+                       for k in range(min(1000, assertions - start))]
+                r = c.post("/v1/batch", json={"ops": ops})
+                r.raise_for_status()
+                top = max(top, *(x["id"] for x in r.json()["results"]))
+        return top
+
+
+def write_scripts(root: str) -> dict[str, str]:
+    paths = {}
+    for name, text in (("post", POST_LUA), ("batch", BATCH_LUA), ("get", GET_LUA)):
+        paths[name] = os.path.join(root, f"{name}.lua")
+        with open(paths[name], "w") as f:
+            f.write(text)
+    body = {"ops": [{"assert": sample_assertion(k)} for k in range(1000)]}
+    paths["batch_body"] = os.path.join(root, "batch-1000.json")
+    with open(paths["batch_body"], "w") as f:
+        json.dump(body, f, separators=(",", ":"))
+    return paths
+
+
+def wrk(url: str, script: str, connections: int, seconds: float,
+        script_args: list[str] | None = None) -> dict[str, Any]:
+    cmd = ["wrk", "-t", str(min(connections, 2)), "-c", str(connections), "-d",
+           f"{max(1, round(seconds))}s", "--timeout", WRK_TIMEOUT, "-s", script, url]
+    if script_args:
+        cmd += ["--", *script_args]
+    out = run(cmd, timeout=seconds + 120).stdout
+    m = re.search(r"^WRKJSON (.*)$", out, re.M)
+    if m is None:
+        raise RuntimeError(f"unexpected wrk output: {out[-1000:]}")
+    r = json.loads(m.group(1))
+    secs = r["duration_us"] / 1e6
+    return {"requests": r["requests"], "per_s": r["requests"] / secs,
+            "p50_ms": r["p50_us"] / 1e3, "p99_ms": r["p99_us"] / 1e3,
+            "errors": r["status_errors"] + r["socket_errors"]}
+
+
+def reads_under_writes(server: StemeServer, scripts: dict[str, str], max_id: int,
+                       seconds: float, read_clients: int, write_clients: int
+                       ) -> dict[str, Any]:
+    """Run a write wrk and a read wrk at the same time; return both results."""
+    out: dict[str, dict[str, Any]] = {}
+
+    def writes() -> None:
+        out["w"] = wrk(server.url, scripts["post"], write_clients, seconds + 1)
+
+    t = threading.Thread(target=writes)
+    t.start()
+    time.sleep(0.5)  # the write load is running before the reads start
+    try:
+        out["r"] = wrk(server.url, scripts["get"], read_clients, seconds, [str(max_id)])
+    finally:
+        t.join(seconds + 180)
+    w, r = out.get("w", {}), out["r"]
+    return {"reads_per_s": r["per_s"], "read_p50_ms": r["p50_ms"],
+            "read_p99_ms": r["p99_ms"], "read_errors": r["errors"],
+            "writes_per_s": w.get("per_s", float("nan")),
+            "write_p50_ms": w.get("p50_ms", float("nan")),
+            "write_p99_ms": w.get("p99_ms", float("nan"))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=5.0,
+                   help="seconds per measurement (default: 5)")
+    p.add_argument("--clients", default="1,16,64",
+                   help="comma-separated client counts (default: 1,16,64)")
+    p.add_argument("--batch-clients", type=int, default=4,
+                   help="concurrent /v1/batch clients (default: 4)")
+    p.add_argument("--read-clients", type=int, default=4,
+                   help="concurrent GET clients in the read-under-write test (default: 4)")
+    p.add_argument("--write-clients", type=int, default=16,
+                   help="concurrent POST clients in the read-under-write test (default: 16)")
+    p.add_argument("--no-peers", action="store_true",
+                   help="skip PostgreSQL and Redis (default: run them)")
+    p.add_argument("--fdatasync-delay-ms", type=int, default=200,
+                   help="fdatasync delay injected by strace in the slow-disk run (default: 200)")
+    args = p.parse_args(argv)
+    clients = [int(x) for x in args.clients.split(",") if x]
+    ensure_tool("wrk", "wrk")
+    ensure_tool("strace", "strace")
+    report = Report("http", command_line(MODULE, argv))
+    writes: list[dict[str, Any]] = []
+    reads: list[dict[str, Any]] = []
+    batch: dict[str, Any] = {}
+    with bench_dir(args.dir, args.keep, "stemedb-bench-http-") as root:
+        info = machine_info(root)
+        print_machine(info)
+        scripts = write_scripts(root)
+        wrk_version = run(["wrk", "-v"], timeout=10, check=False).stdout.split("[")[0].strip()
+        report.notes.append(f"StemeDB load generator: {wrk_version} with Lua scripts "
+                            f"(-t min(clients, 2)); one request in flight per connection")
+        steme = StemeServer(root, "stemedb")
+        servers: list[Any] = [steme]
+        try:
+            steme.start()
+            for c in clients:
+                r = wrk(steme.url, scripts["post"], c, args.seconds)
+                writes.append({"system": "StemeDB POST /v1/assertions (fsync=always)",
+                               "clients": c, **r})
+                print(f"  stemedb {c} clients: {r['per_s']:.0f}/s", flush=True)
+            r = wrk(steme.url, scripts["batch"], args.batch_clients, args.seconds,
+                    [scripts["batch_body"]])
+            batch = {"system": "StemeDB POST /v1/batch (1000 assertions)",
+                     "clients": args.batch_clients, **r,
+                     "assertions_per_s": r["per_s"] * 1000}
+            max_id = steme.seed(1000)
+            reads.append({"load": f"{args.write_clients} writers, normal disk",
+                          "read_clients": args.read_clients,
+                          **reads_under_writes(steme, scripts, max_id, args.seconds,
+                                               args.read_clients, args.write_clients)})
+            steme.stop()
+            slow = StemeServer(root, "stemedb-slow",
+                               slow_fdatasync_us=args.fdatasync_delay_ms * 1000)
+            servers.append(slow)
+            slow.start()
+            max_id = slow.seed(1000)
+            reads.append({"load": f"{args.write_clients} writers, fdatasync "
+                                  f"+{args.fdatasync_delay_ms} ms (strace)",
+                          "read_clients": args.read_clients,
+                          **reads_under_writes(slow, scripts, max_id, args.seconds,
+                                               args.read_clients, args.write_clients)})
+            slow.stop()
+            if not args.no_peers:
+                pg = Postgres(root)
+                servers.append(pg)
+                pg.start()
+                report.notes.append(f"PostgreSQL {pg.version()}: pgbench -c N -j min(N, 2)")
+                for c in clients:
+                    writes.append({"system": "PostgreSQL INSERT (synchronous_commit=on)",
+                                   "clients": c, **pg.bench(c, args.seconds), "errors": 0})
+                pg.stop()
+                rd = Redis(root)
+                servers.append(rd)
+                rd.start()
+                report.notes.append(f"Redis {rd.version()}: redis-benchmark -t set -d 150")
+                for c in clients:
+                    writes.append({"system": "Redis SET (appendfsync always)", "clients": c,
+                                   **rd.bench(c, args.seconds), "errors": 0})
+                rd.stop()
+        finally:
+            for s in servers:
+                with contextlib.suppress(Exception):
+                    s.stop()
+    writes.sort(key=lambda r: (r["clients"], r["system"]))
+    report.table("Durable writes over the network (one request in flight per client)",
+                 writes)
+    if batch:
+        report.table("Batch writes", [batch])
+    report.table("GET /v1/assertions/{id} while writing", reads)
+    if batch:
+        report.targets.append(Target("/v1/batch of 1000", ">= 100,000 assertions/s",
+                                     f"{batch['assertions_per_s']:,.0f} assertions/s",
+                                     batch["assertions_per_s"] >= 100_000))
+    for r in reads:
+        report.targets.append(Target(f"read p99 ({r['load']})", "< 10 ms",
+                                     f"{r['read_p99_ms']:.2f} ms", r["read_p99_ms"] < 10))
+    report.emit(args.json, info)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

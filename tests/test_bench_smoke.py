@@ -1,0 +1,88 @@
+"""A tiny run of every benchmark, so the bench code cannot rot.
+
+Sizes are minimal and nothing here asserts a timing (the machine is shared and
+noisy): each run must finish and produce its tables with the expected rows, on
+stdout and in the ``--json`` document.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bench import engine_bench, http_bench, replay_bench, restart_bench
+
+
+def _run(main: Any, args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+         ) -> tuple[str, dict[str, Any]]:
+    out_json = tmp_path / "result.json"
+    assert main([*args, "--dir", str(tmp_path / "data"), "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads(out_json.read_text())
+    assert doc["machine"]["nproc"] >= 1
+    assert doc["machine"]["bench_dir_fs"] != ""
+    return out, doc
+
+
+@pytest.mark.timeout(60)
+def test_engine_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, doc = _run(engine_bench.main, ["--seconds", "0.3", "--warmup", "0.05",
+                                        "--submitters", "1,4"], tmp_path, capsys)
+    assert "Durable writes" in out and "Targets" in out
+    (rows,) = doc["tables"].values()
+    systems = [(r["system"].split()[0], r["submitters"]) for r in rows]
+    assert systems == [("raw", 1), ("raw", 1), ("StemeDB", 1), ("SQLite", 1),
+                       ("StemeDB", 4), ("SQLite", 4)]
+    assert all(r["writes"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
+    assert {t["target"] for t in doc["targets"]} >= {
+        "1 submitter p50 vs raw fdatasync (preallocated)"}
+
+
+@pytest.mark.timeout(90)
+def test_restart_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, doc = _run(restart_bench.main, ["--sizes", "2000", "--kill-at", "target",
+                                         "--steady-seconds", "0.2"], tmp_path, capsys)
+    assert "Restart after kill -9" in out
+    (rows,) = doc["tables"].values()
+    assert [r["mode"] for r in rows] == ["process crash", "power loss"]
+    for r in rows:
+        assert r["assertions"] >= 2000
+        assert r["process_to_ready_s"] > r["engine_to_ready_s"] > 0
+        assert r["peak_rss_at_ready_mib"] > 0 and r["steady_rss_mib"] > 0
+    assert len(doc["targets"]) == 4
+
+
+@pytest.mark.timeout(90)
+def test_replay_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, doc = _run(replay_bench.main, ["--assert-records", "300", "--batch-records", "2"],
+                    tmp_path, capsys)
+    assert "WAL replay" in out
+    (rows,) = doc["tables"].values()
+    assert [r["record kind"].split()[0] for r in rows] == ["ASSERT", "BATCH"]
+    assert rows[0]["records"] > 300 and rows[0]["assertions"] >= 300
+    assert rows[1]["assertions"] >= 2000
+    assert all(r["records_per_s"] > 0 and r["mib_per_s"] > 0 for r in rows)
+
+
+@pytest.mark.timeout(120)
+def test_http_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for tool in ("wrk", "strace", "stemedb"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    peers = shutil.which("redis-benchmark") and shutil.which("pgbench")
+    args = ["--seconds", "1", "--clients", "2", "--batch-clients", "1",
+            "--read-clients", "1", "--write-clients", "2", "--fdatasync-delay-ms", "20"]
+    out, doc = _run(http_bench.main, args if peers else [*args, "--no-peers"], tmp_path,
+                    capsys)
+    assert "Durable writes over the network" in out
+    tables = doc["tables"]
+    writes = next(v for k, v in tables.items() if k.startswith("Durable writes"))
+    systems = {r["system"].split()[0] for r in writes}
+    assert systems == ({"StemeDB", "PostgreSQL", "Redis"} if peers else {"StemeDB"})
+    assert all(r["clients"] == 2 and r["requests"] > 0 for r in writes)
+    assert tables["Batch writes"][0]["assertions_per_s"] > 0
+    reads = tables["GET /v1/assertions/{id} while writing"]
+    assert len(reads) == 2 and all(r["reads_per_s"] > 0 for r in reads)
