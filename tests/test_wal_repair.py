@@ -279,3 +279,22 @@ def test_any_damaged_byte_repairs_to_a_valid_prefix(one_segment: Path, tmp_path:
 
 def test_all_records_helper_matches_verify(copy: Path) -> None:
     assert len(all_records(str(copy / "wal"))) == verify_dir(str(copy)).records
+
+
+@pytest.mark.parametrize("case", ["torn_last_record", "bit_flip_middle_segment"])
+def test_directory_repair_with_the_state_kept(case: str, copy: Path) -> None:
+    """The state is ahead of the repaired WAL: the report says so, and the server
+    starts with its state and serves every assertion it had applied."""
+    from stemedb.engine import Engine
+    from stemedb.tools.testing import sample_engine_config
+
+    DAMAGES[case](str(copy / "wal"))
+    report = repair_dir(str(copy))
+    assert any("past the new WAL end" in w and "stay in state.sqlite3" in w
+               for w in report.warnings), report.warnings
+    eng = Engine(str(copy), sample_engine_config())
+    eng.recover()
+    try:
+        assert assertion_subjects(eng) == [f"s{i}" for i in range(ASSERTIONS)]
+    finally:
+        eng.close()

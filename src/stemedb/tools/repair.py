@@ -432,8 +432,9 @@ def repair_dir(data_dir: str, *, dry_run: bool = False) -> DirRepairReport:
             and v.applied_end_lsn > report.wal_end_lsn):
         report.warnings.append(
             f"the state has applied up to LSN {v.applied_end_lsn}, past the new WAL end "
-            f"(LSN {report.wal_end_lsn}): those records stay in state.sqlite3 and the "
-            "server continues in a new segment")
+            f"(LSN {report.wal_end_lsn}): those records stay in state.sqlite3 but are no "
+            "longer in the WAL (a replica or a restore that replays the WAL will not have "
+            "them); the server continues in a new segment after the state")
     if not dry_run:
         after = verify_dir(data_dir)
         report.verified_after = not [f for f in after.faults
