@@ -57,6 +57,7 @@ from .wal import (
     WalOpError,
     WalWriter,
     frame_size,
+    is_zero,
     load_chain,
     segment_name,
 )
@@ -286,6 +287,9 @@ class Engine:
         conn = self._wconn = st.connect(self.db_path)
         applied = st.applied_end_lsn(conn)
         self.applied_records = int(st.get_meta(conn, "applied_records") or 0)
+        measured = st.get_meta(conn, "replay_bytes_per_second")
+        if measured:
+            self._apply_bytes_per_s = float(measured)
         self.checkpoint_lsn = int(st.get_meta(conn, "checkpoint_lsn") or 0)
         for name, lsn, _ in conn.execute("SELECT name, lsn, updated_unix FROM holds"):
             self._holds[name] = int(lsn)
@@ -428,8 +432,12 @@ class Engine:
             report.created = True
         report.end_lsn = writer.end_lsn
         report.seconds = time.monotonic() - t0
-        if report.bytes >= limits.MiB and report.seconds > 0:
+        if report.bytes >= limits.replay_measure_bytes_min and report.seconds > 0:
+            # Measured, and kept in the state so the estimate survives restarts.
             self._apply_bytes_per_s = report.bytes / report.seconds
+            conn.execute("BEGIN IMMEDIATE")
+            st.set_meta(conn, "replay_bytes_per_second", self._apply_bytes_per_s)
+            conn.execute("COMMIT")
         self.m.replay_throughput_bytes_per_second.set(self._apply_bytes_per_s)
         self._update_wal_gauges()
         return report
@@ -453,7 +461,7 @@ class Engine:
             size, pos = f.size(), 0
             while pos < size:  # bounded by the file size
                 chunk = f.pread(min(limits.replay_read_bytes_max, size - pos), pos)
-                if not chunk or chunk.strip(b"\0"):
+                if not chunk or not is_zero(chunk):
                     return not chunk
                 pos += len(chunk)
             return True
@@ -470,9 +478,8 @@ class Engine:
             while pos > SEGMENT_HEADER_SIZE:  # bounded: capacity / step reads at most
                 lo = max(SEGMENT_HEADER_SIZE, pos - step)
                 chunk = f.pread(pos - lo, lo)
-                stripped = chunk.rstrip(b"\0")
-                if stripped:
-                    return header.base_lsn + lo + len(stripped)
+                if not is_zero(chunk):
+                    return header.base_lsn + lo + len(chunk.rstrip(b"\0"))
                 pos = lo
             return header.base_lsn + SEGMENT_HEADER_SIZE
         finally:
@@ -497,11 +504,12 @@ class Engine:
         conn = self._wconn
         assert conn is not None
         conn.execute("BEGIN IMMEDIATE")
+        ctx = st.ApplyContext(buffer_rows=True)
         try:
             for rec in recs:
                 payload = json.loads(rec.payload)
                 try:
-                    status, body = st.apply_record(conn, rec.type, payload, rec.lsn)
+                    status, body = st.apply_record(conn, rec.type, payload, rec.lsn, ctx)
                 except StemeError as exc:
                     raise CorruptionError(rec.segment, rec.offset,
                                           f"record at LSN {rec.lsn} does not apply to the "
@@ -512,6 +520,7 @@ class Engine:
                     st.record_idempotency(conn, payload["k"], payload["h"], status, body,
                                           rec.lsn, parse_rfc3339(payload["t"]))
                 report.bytes += rec.size
+            ctx.flush(conn)
             self.applied_records += len(recs)
             st.set_applied(conn, recs[-1].end_lsn, recs[-1].lsn, self.applied_records)
             conn.execute("COMMIT")
@@ -783,7 +792,7 @@ class Engine:
         frames: list[tuple[int, int, bytes]] = []
         done: list[tuple[_Pending, WriteResult]] = []
         cap = min(limits.record_payload_bytes_max, w.record_capacity())
-        apply_t0 = time.perf_counter()
+        ctx = st.ApplyContext()
         conn.execute("BEGIN IMMEDIATE")
         try:
             for p in batch:
@@ -818,8 +827,9 @@ class Engine:
                 alone = len(batch) == 1
                 if not alone:
                     conn.execute("SAVEPOINT req")
+                saved = ctx.copy()
                 try:
-                    status, body = st.apply_record(conn, req.type, payload, lsn)
+                    status, body = st.apply_record(conn, req.type, payload, lsn, ctx)
                     if req.idempotency_key is not None:
                         conn.execute("DELETE FROM idempotency WHERE key=?",
                                      (req.idempotency_key,))
@@ -835,15 +845,16 @@ class Engine:
                         conn.execute("ROLLBACK TO req")
                         conn.execute("RELEASE req")
                     w.plan_reset_to(mark)
+                    ctx = saved
                     p.future.set_exception(exc)
                     continue
                 frames.append((int(req.type), lsn, data))
                 done.append((p, WriteResult(status, body, lsn)))
+            ctx.flush(conn)
             if frames:
                 end = frames[-1][1] + frame_size(len(frames[-1][2]))
                 self.applied_records += len(frames)
                 st.set_applied(conn, end, frames[-1][1], self.applied_records)
-            apply_s = time.perf_counter() - apply_t0
             if frames:
                 nbytes = sum(frame_size(len(f[2])) for f in frames)
                 w.write(frames)
@@ -853,9 +864,6 @@ class Engine:
                 self.m.wal_records_written_total.inc(len(frames))
                 self.m.group_commit_batch_records.observe(len(frames))
                 self.m.group_commit_batch_bytes.observe(nbytes)
-                if apply_s > 0 and nbytes > 4096:
-                    self._apply_bytes_per_s = (0.9 * self._apply_bytes_per_s
-                                               + 0.1 * nbytes / apply_s)
             conn.execute("COMMIT")
         except WalOpError as exc:
             self.applied_records -= len(frames)

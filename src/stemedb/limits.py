@@ -50,7 +50,10 @@ disk_probe_interval_seconds = 0.5  # how stale the free-space reading may be
 checkpoint_wal_bytes_default = 256 * MiB  # checkpoint when this much WAL is unapplied-to-disk
 checkpoint_interval_seconds_default = 300.0
 replay_budget_seconds_default = 1.0  # checkpoint when estimated replay exceeds this
-replay_throughput_bytes_per_second_initial = 20 * MiB  # used until replay is measured
+# Replay speed assumed until a replay of at least replay_measure_bytes_min measures it
+# (kept in the state).  Deliberately low: an underestimate only checkpoints more often.
+replay_throughput_bytes_per_second_initial = 1 * MiB
+replay_measure_bytes_min = 1 * MiB
 idempotency_ttl_seconds_default = 24 * 3600
 
 # --- recovery -------------------------------------------------------------------
@@ -65,10 +68,8 @@ reader_threads = 4  # SQLite read connections owned by the engine
 http_id_max = 2**63 - 1  # assertion ids and epoch numbers fit SQLite's signed 64-bit integer
 http_body_read_chunk_bytes = 64 * KiB  # one read from a request body stream
 http_startup_listen_backlog = 1024  # pending connections the listening socket queues
-http_readyz_poll_seconds = 0.05  # how often a drain checks for in-flight writes
 client_retries_max = 5  # a client write is sent at most 1 + 5 times, always with one key
 client_backoff_seconds_initial = 0.1  # first wait before a retry; doubles each time
 client_backoff_seconds_max = 2.0  # cap on one wait (and on a server's Retry-After)
 client_timeout_seconds_default = 10.0  # per HTTP request
 client_page_iterations_max = 1_000_000  # pages one iterator may fetch (a runaway guard)
-http_no_body_bytes_max = 1 * KiB  # routes that take no body still accept "{}" up to this

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import NotFound, StemeError
@@ -120,54 +121,104 @@ _INSERT_ASSERTION = ("INSERT INTO assertions(id, subject, predicate, object, aut
                      " source, epoch, lsn, created_at) VALUES(?,?,?,?,?,?,?,?,?,?)")
 
 
-def apply_record(conn: sqlite3.Connection, rtype: int, payload: dict[str, Any],
-                 lsn: int) -> tuple[int, dict[str, Any]]:
+@dataclass
+class ApplyContext:
+    """What the transition caches between records inside one SQLite transaction.
+
+    The open epoch and the next assertion id are read once, and the epoch's counters
+    are added up and written once (:meth:`flush`), instead of per record.  A caller
+    that rolls back must restore a :meth:`copy` taken before, or drop the context.
+    """
+
+    epoch: int = 0
+    next_id: int = 0
+    asserted: int = 0
+    new_votes: int = 0
+    # Replay buffers assertion rows across records and inserts them with one
+    # executemany per run; the write path inserts per request (savepoints need it).
+    buffer_rows: bool = False
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def copy(self) -> ApplyContext:
+        assert not self.rows
+        return ApplyContext(self.epoch, self.next_id, self.asserted, self.new_votes,
+                            self.buffer_rows)
+
+    def flush_rows(self, conn: sqlite3.Connection) -> None:
+        if self.rows:
+            _insert_assertions(conn, self.rows)
+            self.asserted += len(self.rows)
+            self.rows = []
+
+    def load(self, conn: sqlite3.Connection) -> None:
+        if not self.epoch:
+            self.epoch = open_epoch(conn)
+            self.next_id = (conn.execute("SELECT max(id) FROM assertions").fetchone()[0]
+                            or 0) + 1
+
+    def flush(self, conn: sqlite3.Connection) -> None:
+        self.flush_rows(conn)
+        if self.asserted or self.new_votes:
+            conn.execute("UPDATE epochs SET assertions = assertions + ?, votes = votes + ?"
+                         " WHERE n=?", (self.asserted, self.new_votes, self.epoch))
+            self.asserted = self.new_votes = 0
+
+
+def apply_record(conn: sqlite3.Connection, rtype: int, payload: dict[str, Any], lsn: int,
+                 ctx: ApplyContext | None = None) -> tuple[int, dict[str, Any]]:
     """Apply one WAL record; return (HTTP status, response body).
 
     Raises a :class:`StemeError` when the request is invalid against the current
     state (an unknown assertion, say); the caller rolls back its savepoint.
     Assertion ids are assigned here, densely and in LSN order, so a replay assigns
-    the same ones.
+    the same ones.  Without a ``ctx`` the record's counters are written at once.
     """
+    own = ctx is None
+    c = ApplyContext() if ctx is None else ctx
     ts: str = payload["t"]
     if rtype == RecordType.GENESIS:
         conn.execute("INSERT INTO epochs(n, opened_at) VALUES(1, ?)", (ts,))
+        c.epoch = 0  # reload on the next record
         return 201, {"opened": 1}
-    epoch = open_epoch(conn)
+    c.load(conn)
+    epoch = c.epoch
     if rtype == RecordType.SEAL:
-        return 201, _seal(conn, epoch, ts, lsn)
+        c.flush(conn)
+        body = _seal(conn, epoch, ts, lsn)
+        c.epoch = epoch + 1
+        return 201, body
     ops: list[dict[str, Any]] = payload["ops"]
     results: list[tuple[int, dict[str, Any]]] = []
-    rows: list[tuple[Any, ...]] = []
-    next_id = 0
-    asserted = new_votes = 0
+    rows = c.rows
+    encode = _OBJECT_ENCODER.encode
     for op in ops:
         a = op.get("assert")
         if a is not None:
-            if not next_id:
-                next_id = (conn.execute("SELECT max(id) FROM assertions").fetchone()[0] or 0) + 1
-            rows.append((next_id, a["subject"], a["predicate"],
-                         _OBJECT_ENCODER.encode(a["object"]), a["author"], a.get("confidence"),
-                         a.get("source"), epoch, lsn, ts))
-            results.append((201, {"id": next_id, "lsn": lsn, "epoch": epoch, "created_at": ts}))
-            next_id += 1
+            rows.append((c.next_id, a["subject"], a["predicate"], encode(a["object"]),
+                         a["author"], a.get("confidence"), a.get("source"), epoch, lsn, ts))
+            results.append((201, {"id": c.next_id, "lsn": lsn, "epoch": epoch,
+                                  "created_at": ts}))
+            c.next_id += 1
             continue
-        if rows:  # a vote may name an assertion created earlier in this batch
-            conn.executemany(_INSERT_ASSERTION, rows)
-            asserted += len(rows)
-            rows = []
+        c.flush_rows(conn)  # a vote may name an assertion created just before it
+        rows = c.rows
         status, body = _vote(conn, op["vote"], epoch, ts, lsn)
-        new_votes += status == 201
+        c.new_votes += status == 201
         results.append((status, body))
-    if rows:
-        conn.executemany(_INSERT_ASSERTION, rows)
-        asserted += len(rows)
-    if asserted or new_votes:
-        conn.execute("UPDATE epochs SET assertions = assertions + ?, votes = votes + ?"
-                     " WHERE n=?", (asserted, new_votes, epoch))
+    if own:
+        c.flush(conn)
+    elif not c.buffer_rows:
+        c.flush_rows(conn)
     if rtype in (RecordType.ASSERT, RecordType.VOTE):
         return results[0]
     return 201, {"results": [r[1] for r in results], "lsn": lsn, "epoch": epoch}
+
+
+def _insert_assertions(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    if len(rows) == 1:
+        conn.execute(_INSERT_ASSERTION, rows[0])
+    else:
+        conn.executemany(_INSERT_ASSERTION, rows)
 
 
 def _vote(conn: sqlite3.Connection, v: dict[str, Any], epoch: int, ts: str, lsn: int

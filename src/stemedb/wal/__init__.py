@@ -55,6 +55,7 @@ from ._reader import (
     Record,
     SegmentInfo,
     SegmentScanner,
+    is_zero,
     list_segment_names,
     load_chain,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "WalWriter",
     "encode_frame",
     "frame_size",
+    "is_zero",
     "list_segment_names",
     "load_chain",
     "parse_segment_name",

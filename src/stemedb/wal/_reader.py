@@ -63,6 +63,17 @@ class Fault:
                 "lsn": self.lsn, "reason": self.reason}
 
 
+_ZEROS = bytes(limits.replay_read_bytes_max)
+
+
+def is_zero(chunk: bytes) -> bool:
+    """True when every byte is zero (a memcmp, not a byte-by-byte strip)."""
+    n = len(chunk)
+    if n <= len(_ZEROS):
+        return chunk == _ZEROS[:n] if n != len(_ZEROS) else chunk == _ZEROS
+    return chunk.count(0) == n
+
+
 class SegmentScanner:
     """Streams the valid records of one segment in bounded memory.
 
@@ -153,9 +164,8 @@ class SegmentScanner:
             chunk = self._file.pread(min(self._read_bytes_max, self.limit - pos), pos)
             if not chunk:
                 return None
-            stripped = chunk.lstrip(b"\0")
-            if stripped:
-                return pos + len(chunk) - len(stripped)
+            if not is_zero(chunk):
+                return pos + len(chunk) - len(chunk.lstrip(b"\0"))
             pos += len(chunk)
         return None
 
