@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-from _server import ServerProcess
 
 from stemedb.server import ROUTES
+from tests._server import ServerProcess
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from _server import ServerProcess, free_port, run_serve
 from stemedb.server import INSECURE_FLAG, ROUTES, Route
+from tests._server import ServerProcess, free_port, run_serve
 
 READER = "reader-4b1c9e0f7a2d"
 WRITER = "writer-8e3f2a6b9c1d"

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from _server import ServerProcess
 from stemedb import limits
+from tests._server import ServerProcess
 
 BODY_BYTES_MAX = 256 * 1024  # this server's server.body_bytes_max (the default is 8 MiB)
 HUGE_DECLARED_BYTES = 1024**3  # a Content-Length far over the limit, never sent

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from _server import ServerProcess, server_env
 from stemedb.engine import Engine, EngineConfig
+from tests._server import ServerProcess, server_env
 
 GRACE_SECONDS = 10.0  # STEMEDB_SERVER_DRAIN_GRACE_SECONDS in the test servers
 EXIT_BOUND_SECONDS = 2 * GRACE_SECONDS + 5  # in-flight grace plus the engine close grace

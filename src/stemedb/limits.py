@@ -59,6 +59,8 @@ idempotency_ttl_seconds_default = 24 * 3600
 # --- recovery -------------------------------------------------------------------
 replay_read_bytes_max = 4 * MiB  # one read from a segment during replay
 replay_apply_records_max = 2048  # records applied per SQLite transaction during replay
+replay_apply_bytes_max = 8 * MiB  # record bytes applied per SQLite transaction during replay
+apply_rows_buffered_max = 4096  # assertion rows buffered before one executemany
 replay_progress_interval_seconds = 2.0  # log line cadence during replay
 
 # --- reads ----------------------------------------------------------------------

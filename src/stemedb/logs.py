@@ -19,7 +19,8 @@ import logging
 import sys
 from typing import Any, TextIO
 
-__all__ = ["LOG_FORMATS", "LOG_LEVELS", "JsonFormatter", "PlainFormatter", "setup_logging"]
+__all__ = ["LOG_FORMATS", "LOG_LEVELS", "ClientProtocolErrorFilter", "JsonFormatter",
+           "PlainFormatter", "setup_logging"]
 
 LOG_FORMATS = ("plain", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -60,6 +61,31 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
+_PROTOCOL_ERROR_TEXT_CHARS_MAX = 200  # of aiohttp's description of a malformed request
+
+
+class ClientProtocolErrorFilter(logging.Filter):
+    """Condense aiohttp's traceback for a malformed HTTP request into one warning.
+
+    A client that sends a NUL byte in a header is the client's problem; logging a
+    traceback at ERROR for it would let anyone flood the log with noise that looks
+    like a server fault.  Server-side errors keep their tracebacks.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__module__.startswith("aiohttp.") \
+                and getattr(exc, "code", None) == 400:
+            record.msg = "malformed HTTP request from %s: %s"
+            text = " ".join(str(exc).split())[:_PROTOCOL_ERROR_TEXT_CHARS_MAX]
+            record.args = (record.args[0] if isinstance(record.args, tuple) and record.args
+                           else "?", text or type(exc).__name__)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def setup_logging(log_format: str = "plain", level: str = "info",
                   stream: TextIO | None = None) -> None:
     """Route every logger to one handler on ``stream`` (stderr by default).
@@ -82,3 +108,6 @@ def setup_logging(log_format: str = "plain", level: str = "info",
     # aiohttp's access log would repeat every request; the server's own middleware
     # logs what matters (errors, slow requests) without headers.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientProtocolErrorFilter) for f in server_log.filters):
+        server_log.addFilter(ClientProtocolErrorFilter())

@@ -71,6 +71,7 @@ class Node:
         self._drain_task: asyncio.Task[dict[str, Any]] | None = None
         self._recovered: asyncio.Future[RecoveryReport] | None = None
         self._recovery_thread: threading.Thread | None = None
+        self._last_reason: str | None = "starting"
         self.m.ready.set(0)
         self.m.draining.set(0)
 
@@ -145,6 +146,13 @@ class Node:
         if self.phase == "failed" and self.recovery_error is not None:
             body["error"] = str(self.recovery_error)
         self.m.ready.set(1 if ready else 0)
+        if reason != self._last_reason:
+            # Transitions only: a poller does not flood the log.
+            if reason is None:
+                log.info("ready")
+            else:
+                log.info("not ready: %s", reason)
+            self._last_reason = reason
         return ready, body
 
     def refresh_ready(self) -> None:

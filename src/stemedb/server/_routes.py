@@ -93,7 +93,7 @@ async def openapi(request: web.Request) -> web.StreamResponse:
 
 async def _no_body(request: web.Request) -> bytes:
     """Routes that take no body accept none, or an empty JSON object."""
-    raw = await read_body(request, limits.http_no_body_bytes_max, required=False)
+    raw = await read_body(request, _node(request).body_bytes_max, required=False)
     if raw and parse_json(raw) != {}:
         raise InvalidInput(f"{request.method} {request.path} takes no body (or an empty "
                            "JSON object)", code="unknown_field")
