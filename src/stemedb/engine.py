@@ -389,11 +389,14 @@ class Engine:
             off = (start - s.header.base_lsn) if i == idx else SEGMENT_HEADER_SIZE
             with SegmentScanner(self.fs, s.path) as sc:
                 buf: list[Record] = []
+                buf_bytes = 0
                 for rec in sc.records(off):
                     buf.append(rec)
-                    if len(buf) >= limits.replay_apply_records_max:
+                    buf_bytes += len(rec.payload)
+                    if (len(buf) >= limits.replay_apply_records_max
+                            or buf_bytes >= limits.replay_apply_bytes_max):
                         self._replay_apply(buf, report)
-                        buf = []
+                        buf, buf_bytes = [], 0
                         now = time.monotonic()
                         self._report_progress(report, start, progress)
                         if now - last_log >= limits.replay_progress_interval_seconds:

@@ -15,6 +15,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import limits
 from .errors import NotFound, StemeError
 from .wal import RecordType
 
@@ -199,6 +200,9 @@ def apply_record(conn: sqlite3.Connection, rtype: int, payload: dict[str, Any], 
             results.append((201, {"id": c.next_id, "lsn": lsn, "epoch": epoch,
                                   "created_at": ts}))
             c.next_id += 1
+            if len(rows) >= limits.apply_rows_buffered_max:
+                c.flush_rows(conn)
+                rows = c.rows
             continue
         c.flush_rows(conn)  # a vote may name an assertion created just before it
         rows = c.rows
