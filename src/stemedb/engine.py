@@ -872,6 +872,10 @@ class Engine:
             self.applied_records -= len(frames)
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
+            if self.config.fsync == "always":
+                zeroed = w.discard_unsynced()
+                log.error("WAL failed batch of %d records discarded (%d bytes zeroed, "
+                          "best effort)", len(frames), zeroed)
             self._fence(exc)
             err3 = self._fence_error()
             for p, r in done:

@@ -217,6 +217,16 @@ class SegmentScanner:
             if frame_crc(head, payload) != decode_frame_header(head).crc:
                 self._mark_damage(off, "checksum mismatch")
                 return
+            # The checksum does not cover the padding to the next 8-byte boundary: the
+            # writer always pads with zeros, so anything else there is damage.
+            pad_end = off + frame_size(length)
+            pad = (buf[end:end + pad_end - off - FRAME_HEADER_SIZE - length]
+                   if end <= len(buf) else self._file.pread(pad_end - off - FRAME_HEADER_SIZE
+                                                            - length,
+                                                            off + FRAME_HEADER_SIZE + length))
+            if pad.strip(b"\0"):
+                self._mark_damage(off, "non-zero padding after the record")
+                return
             h = decode_frame_header(head)
             yield Record(lsn=h.lsn, type=h.type, payload=bytes(payload), segment=self.name,
                          offset=off)

@@ -54,6 +54,7 @@ class WalWriter:
         self.header: SegmentHeader | None = None
         self.offset = 0  # append offset in the current segment
         self.synced_offset = 0
+        self._attempt_end = 0
         self._plan_header: SegmentHeader | None = None
         self._plan_offset = 0
         self._prealloc_lock = threading.Lock()
@@ -152,6 +153,7 @@ class WalWriter:
             return
         assert self._file is not None
         data = b"".join(frames)
+        self._attempt_end = self.offset + len(data)
         try:
             self._file.append(data)
         except OSError as exc:
@@ -167,6 +169,25 @@ class WalWriter:
         except OSError as exc:
             raise WalOpError("fsync", self.segment, exc) from exc
         self.synced_offset = self.offset
+
+    def discard_unsynced(self) -> int:
+        """Best effort, after a failed write or fsync: zero what was written since the
+        last successful sync, so that a restart does not replay records whose writers
+        were told they failed.  Only for fsync=always, where nothing unsynced was
+        acknowledged.  No fsync: after a failure the kernel's word is worth nothing;
+        this only keeps the page cache from resurrecting the batch.  Returns bytes
+        zeroed (0 if the attempt itself failed)."""
+        if self._file is None:
+            return 0
+        end = max(self.offset, self._attempt_end)
+        n = end - self.synced_offset
+        if n <= 0:
+            return 0
+        try:
+            self._file.pwrite(bytes(n), self.synced_offset)
+        except OSError:
+            return 0
+        return n
 
     def needs_sync(self) -> bool:
         return self.synced_offset != self.offset
