@@ -119,7 +119,14 @@ async def _lifecycle(node: Node, runner: web.AppRunner, stop: asyncio.Event,
     await runner.cleanup()
     await node.close_engine()
     status = node.engine.status()
-    log.info("stopped in %.3fs: checkpoint at LSN %s, WAL ends at LSN %s; the next start "
-             "replays nothing", time.monotonic() - t0, node.engine.checkpoint_lsn,
-             status["wal"]["end_lsn"])
+    end, ckpt = status["wal"]["end_lsn"], node.engine.checkpoint_lsn
+    if end is not None and ckpt >= end:
+        log.info("stopped in %.3fs: checkpoint at LSN %s, WAL ends at LSN %s; the next start "
+                 "replays nothing", time.monotonic() - t0, ckpt, end)
+    else:
+        # Fenced after a WAL failure, or the final checkpoint failed: said, not hidden.
+        log.warning("stopped in %.3fs without a final checkpoint (checkpoint at LSN %s, WAL "
+                    "ends at LSN %s%s); the next start replays the difference",
+                    time.monotonic() - t0, ckpt, end,
+                    "; writes were fenced" if node.engine.fenced is not None else "")
     return Exit.OK
