@@ -69,6 +69,9 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
         resp = json_response(error_body("internal_error", "internal error; the server log "
                                         "has the details"), 500)
     elapsed = time.perf_counter() - t0
+    if log.isEnabledFor(logging.DEBUG):  # an access log at --log-level debug; no headers
+        log.debug("%s %s -> %d in %.1f ms", request.method, template, resp.status,
+                  elapsed * 1000)
     node.m.http_requests_total.labels(route=template, method=method,
                                       status=str(resp.status)).inc()
     node.m.http_request_duration_seconds.labels(route=template, method=method

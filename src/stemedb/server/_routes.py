@@ -74,7 +74,10 @@ async def readyz(request: web.Request) -> web.StreamResponse:
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
-    registry = _node(request).m.registry
+    node = _node(request)
+    # stemedb_ready must follow fencing and the disk guard even if nobody polls /readyz.
+    node.refresh_ready()
+    registry = node.m.registry
     loop = asyncio.get_running_loop()
     if "application/openmetrics-text" in request.headers.get("Accept", ""):
         data = await loop.run_in_executor(None, generate_openmetrics, registry)
