@@ -119,15 +119,19 @@ HTTP_REQUEST_DURATION_BUCKETS_SECONDS: tuple[float, ...] = (
 
 # Values of the `operation` label of stemedb_storage_errors_total.  Their series are
 # created at zero so that rate() and increase() see the very first error.
+# docs/operations/runbooks/storage-errors.md says what a failure of each one means.
 STORAGE_OPERATIONS: tuple[str, ...] = (
-    "write",
-    "fsync",
-    "fallocate",
-    "rename",
-    "unlink",
-    "read",
-    "open",
-    "sqlite",
+    "write",  # appending records to the open segment
+    "fsync",  # fdatasync of a segment or of the WAL directory
+    "open",  # opening or creating a segment
+    "rotate",  # closing a full segment and creating the next one
+    "fallocate",  # preallocating a segment
+    "rename",  # publishing a segment under its final name
+    "unlink",  # deleting segments after a checkpoint
+    "read",  # reading segments (replay, verify)
+    "apply",  # applying a logged batch to the state database
+    "sqlite",  # other state database operations
+    "statvfs",  # reading free space of the WAL filesystem (the disk guard)
 )
 
 _QUANTILES_DEFAULT: tuple[float, ...] = (0.5, 0.9, 0.99)
@@ -497,8 +501,8 @@ class Metrics:
         )
         self.storage_errors_total = Counter(
             "stemedb_storage_errors_total",
-            "Failed storage operations, by operation "
-            "(write, fsync, fallocate, rename, unlink, read, open, sqlite).",
+            "Failed storage operations, by operation (write, fsync, open, rotate, fallocate, "
+            "rename, unlink, read, apply, sqlite, statvfs).",
             ["operation"],
             registry=r,
         )
