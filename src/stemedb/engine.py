@@ -210,7 +210,8 @@ class Engine:
     def __init__(self, data_dir: str | os.PathLike[str], config: EngineConfig | None = None,
                  *, fs: FileSystem | None = None, metrics: Metrics | None = None,
                  clock: Callable[[], float] = time.time, background: bool = True,
-                 on_checkpoint_durable: Callable[[str], None] | None = None) -> None:
+                 on_checkpoint_durable: Callable[[str], None] | None = None,
+                 writer_host: Callable[[Callable[[], None]], None] | None = None) -> None:
         self.config = config or EngineConfig()
         self.config.validate()
         self.data_dir = os.fspath(data_dir)
@@ -227,6 +228,12 @@ class Engine:
         self._queued = 0
         self._queued_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        # Where the writer loop runs: a thread of its own by default, or a thread the
+        # caller hands over (the server gives it the main thread, so that the
+        # runbook's `strace -p $(pgrep stemedb-api)` sees every WAL fdatasync).
+        self._writer_host = writer_host
+        self._writer_started = False
+        self._writer_done = threading.Event()
         self._readers: cf.ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
@@ -589,16 +596,20 @@ class Engine:
             raise RuntimeError("Engine.start() before recover()")
         self.accepting = True
         if self._background:
-            self._thread = threading.Thread(target=self._run, name="stemedb-writer",
-                                            daemon=True)
-            self._thread.start()
+            self._writer_started = True
+            if self._writer_host is not None:
+                self._writer_host(self._run_writer)
+            else:
+                self._thread = threading.Thread(target=self._run_writer,
+                                                name="stemedb-writer", daemon=True)
+                self._thread.start()
         self._readers = cf.ThreadPoolExecutor(max_workers=self.config.reader_threads,
                                               thread_name_prefix="stemedb-reader")
 
     def drain(self, timeout_seconds: float = limits.http_drain_grace_seconds) -> None:
         """Stop taking writes, finish those queued, checkpoint."""
         self.accepting = False
-        if self._thread is not None and self._thread.is_alive():
+        if self._writer_alive():
             fut: cf.Future[Any] = cf.Future()
             self._queue.put(("checkpoint", fut))
             with contextlib.suppress(Exception):
@@ -608,10 +619,10 @@ class Engine:
         if self.closed:
             return
         self.accepting = False
-        if self._thread is not None and self._thread.is_alive():
+        if self._writer_alive():
             fut: cf.Future[Any] = cf.Future()
             self._queue.put(("stop", fut))
-            self._thread.join(timeout=timeout_seconds)
+            self._writer_done.wait(timeout=timeout_seconds)
         elif self.recovered and self.fenced is None and self._wconn is not None:
             with contextlib.suppress(Exception):
                 self._checkpoint()
@@ -655,8 +666,17 @@ class Engine:
                               hint="check the disk (see the WALFsyncFailure runbook), "
                                    "then restart stemedb-api")
 
+    def _writer_alive(self) -> bool:
+        return self._writer_started and not self._writer_done.is_set()
+
+    def _run_writer(self) -> None:
+        try:
+            self._run()
+        finally:
+            self._writer_done.set()
+
     def _run(self) -> None:
-        """The writer thread."""
+        """The writer loop."""
         cfg = self.config
         stop: cf.Future[Any] | None = None
         while stop is None:
@@ -953,7 +973,7 @@ class Engine:
         debt = max(0, end - self.checkpoint_lsn)
         self.m.wal_replay_debt_bytes.set(debt)
         self.m.wal_replay_debt_seconds.set(debt / max(self._apply_bytes_per_s, 1.0))
-        for name, lsn in self._holds.items():
+        for name, lsn in list(self._holds.items()):
             self.m.hold_lag_bytes.labels(hold=name).set(max(0, end - lsn))
 
     # ------------------------------------------------------------------ checkpoints
@@ -979,7 +999,7 @@ class Engine:
     def checkpoint(self) -> cf.Future[CheckpointReport]:
         """Checkpoint now (on the writer thread)."""
         fut: cf.Future[CheckpointReport] = cf.Future()
-        if self._background and self._thread is not None and self._thread.is_alive():
+        if self._writer_alive():
             self._queue.put(("checkpoint", fut))
         else:
             try:
@@ -1049,7 +1069,7 @@ class Engine:
     def set_hold(self, name: str, lsn: int) -> cf.Future[int]:
         """Keep WAL from ``lsn`` on (an archiver's or replica's position)."""
         fut: cf.Future[int] = cf.Future()
-        if self._background and self._thread is not None and self._thread.is_alive():
+        if self._writer_alive():
             self._queue.put(("hold", (name, lsn, fut)))
         else:
             fut.set_result(self._set_hold(name, lsn))
@@ -1081,7 +1101,7 @@ class Engine:
         end = self._writer.end_lsn if self._writer and self._writer.header else 0
         return {n: {"lsn": lsn, "lag_bytes": max(0, end - lsn),
                     "last_advance_unix": self._hold_advanced.get(n)}
-                for n, lsn in self._holds.items()}
+                for n, lsn in list(self._holds.items())}
 
     # ------------------------------------------------------------------ reads -----
     def _reader_conn(self) -> sqlite3.Connection:

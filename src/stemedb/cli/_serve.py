@@ -8,13 +8,14 @@ import json
 import logging
 import os
 import sys
+import threading
 
 import click
 
-from ..config import DEFAULT_CONFIG_PATH, DEFAULT_DATA_DIR, DEFAULT_LISTEN, load_config
+from ..config import DEFAULT_CONFIG_PATH, DEFAULT_DATA_DIR, DEFAULT_LISTEN, Config, load_config
 from ..errors import ConfigError
 from ..logs import LOG_FORMATS, LOG_LEVELS, setup_logging
-from ..server import INSECURE_FLAG, Exit
+from ..server import INSECURE_FLAG, Exit, MainThreadHost, SignalRelay
 from ..server import serve as serve_node
 
 log = logging.getLogger("stemedb.server")
@@ -73,7 +74,7 @@ def serve(config_path: str | None, data_dir: str | None, listen: str | None,
     log.info("effective config (from %s; secrets masked): %s",
              cfg.source or "defaults and environment", json.dumps(effective, sort_keys=True),
              extra={"config": effective})
-    code = asyncio.run(serve_node(cfg, insecure_allow_unauthenticated=insecure))
+    code = _run_with_writer_on_main_thread(cfg, insecure)
     if code == Exit.STOPPED_DURING_REPLAY:
         # The recovery thread is inside SQLite; do not wait for it (nothing was
         # acknowledged, and SQLite rolls back the open transaction on the next open).
@@ -82,3 +83,35 @@ def serve(config_path: str | None, data_dir: str | None, listen: str | None,
         sys.stderr.flush()
         os._exit(0)
     sys.exit(int(code))
+
+
+def _run_with_writer_on_main_thread(cfg: Config, insecure: bool) -> Exit:
+    """The event loop runs on a thread; the main thread hosts the WAL writer.
+
+    So the WAL's write(2)/fdatasync(2) happen on the thread whose id is the process id,
+    and the runbook's ``strace -p $(pgrep stemedb-api) -e fsync,fdatasync`` (no ``-f``)
+    shows them.  Signals arrive on the main thread and are relayed to the loop.
+    """
+    host = MainThreadHost()
+    relay = SignalRelay()
+    relay.install()
+    result: list[Exit] = []
+    failure: list[BaseException] = []
+
+    def http() -> None:
+        try:
+            result.append(asyncio.run(serve_node(
+                cfg, insecure_allow_unauthenticated=insecure, writer_host=host,
+                signal_relay=relay)))
+        except BaseException as exc:  # reported on the main thread
+            failure.append(exc)
+        finally:
+            host.finish()
+
+    t = threading.Thread(target=http, name="stemedb-http")
+    t.start()
+    host.run()
+    t.join()
+    if failure:
+        raise failure[0]
+    return result[0]

@@ -20,7 +20,7 @@ from ._auth import INSECURE_FLAG, Authenticator, check_bind, is_loopback
 from ._node import ApiError, Node
 from ._openapi import openapi_document
 from ._routes import ROUTES, Route
-from ._run import Exit, serve
+from ._run import Exit, MainThreadHost, SignalRelay, serve
 
 __all__ = [
     "INSECURE_FLAG",
@@ -28,8 +28,10 @@ __all__ = [
     "ApiError",
     "Authenticator",
     "Exit",
+    "MainThreadHost",
     "Node",
     "Route",
+    "SignalRelay",
     "build_app",
     "check_bind",
     "is_loopback",

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -55,10 +56,12 @@ class Node:
     """What the HTTP layer needs to know about the engine, and when."""
 
     def __init__(self, config: Config, metrics: Metrics | None = None,
-                 engine: Engine | None = None) -> None:
+                 engine: Engine | None = None,
+                 writer_host: Callable[[Callable[[], None]], None] | None = None) -> None:
         self.config = config
         self.m = metrics or Metrics()
-        self.engine = engine or Engine(config.data_dir, config.engine_config(), metrics=self.m)
+        self.engine = engine or Engine(config.data_dir, config.engine_config(), metrics=self.m,
+                                       writer_host=writer_host)
         self.phase = "starting"
         self.started_unix = time.time()
         self.recovery: RecoveryReport | None = None

@@ -15,8 +15,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import queue
 import signal
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -40,8 +43,72 @@ class Exit(enum.IntEnum):
     STOPPED_DURING_REPLAY = 100
 
 
+class SignalRelay:
+    """Carries SIGTERM/SIGINT from the main thread to an event loop on another thread.
+
+    Python runs signal handlers on the main thread only; when the main thread hosts
+    the WAL writer (see :class:`MainThreadHost`), the loop lives elsewhere.
+    """
+
+    def __init__(self) -> None:
+        self._target: Callable[[signal.Signals], None] | None = None
+        self._pending: list[signal.Signals] = []
+        self._lock = threading.Lock()
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum: int, frame: object) -> None:
+        sig = signal.Signals(signum)
+        with self._lock:
+            target = self._target
+            if target is None:
+                self._pending.append(sig)
+                return
+        target(sig)
+
+    def attach(self, target: Callable[[signal.Signals], None]) -> None:
+        with self._lock:
+            self._target = target
+            pending, self._pending = self._pending, []
+        for sig in pending:
+            target(sig)
+
+
+class MainThreadHost:
+    """Runs callables handed over by other threads on the thread that calls :meth:`run`.
+
+    The server hands it the engine's writer loop, so the WAL's write(2) and
+    fdatasync(2) happen on the process's main thread: ``strace -p $(pgrep
+    stemedb-api) -e fsync,fdatasync`` (the runbook's line, without ``-f``) sees them.
+    """
+
+    POLL_SECONDS = 0.2  # how often run() checks whether it should return
+
+    def __init__(self) -> None:
+        self._work: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._finished = threading.Event()
+
+    def __call__(self, fn: Callable[[], None]) -> None:
+        self._work.put(fn)
+
+    def finish(self) -> None:
+        self._finished.set()
+
+    def run(self) -> None:
+        while not self._finished.is_set():  # bounded by finish()
+            try:
+                fn = self._work.get(timeout=self.POLL_SECONDS)
+            except queue.Empty:
+                continue
+            fn()
+
+
 async def serve(config: Config, *, insecure_allow_unauthenticated: bool = False,
-                metrics: Metrics | None = None) -> Exit:
+                metrics: Metrics | None = None,
+                writer_host: Callable[[Callable[[], None]], None] | None = None,
+                signal_relay: SignalRelay | None = None) -> Exit:
     host, port = config.listen
     insecure = insecure_allow_unauthenticated or bool(
         config.get("server", "insecure_allow_unauthenticated"))
@@ -52,7 +119,7 @@ async def serve(config: Config, *, insecure_allow_unauthenticated: bool = False,
     if insecure and not config.tokens:
         log.warning("serving without authentication on %s:%d (insecure, as requested)",
                     host, port)
-    node = Node(config, metrics)
+    node = Node(config, metrics, writer_host=writer_host)
     grace = node.drain_grace_seconds
     runner = web.AppRunner(build_app(node), access_log=None, handle_signals=False,
                            shutdown_timeout=grace)
@@ -76,6 +143,9 @@ async def serve(config: Config, *, insecure_allow_unauthenticated: bool = False,
         received.append(sig.name)
         stop.set()
 
+    if signal_relay is not None:
+        signal_relay.attach(lambda sig: loop.call_soon_threadsafe(on_signal, sig))
+        return await _lifecycle(node, runner, stop, received)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     try:
