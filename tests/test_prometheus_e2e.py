@@ -7,6 +7,8 @@ covered by ``promtool test rules`` (tests/test_alert_rules.py).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
 import subprocess
@@ -93,7 +95,23 @@ class Prometheus:
 
 
 class StracedServer(ServerProcess):
-    """A server whose fdatasync calls fail with EIO from the N-th one on."""
+    """A server run under strace (which injects the fault).
+
+    Stopping it signals the server itself, not strace: strace would detach and leave
+    the server running.  strace exits when its tracee does.
+    """
+
+    def stop(self, sig: int = 15) -> int | None:
+        if self.proc is not None and self.proc.poll() is None:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+            try:
+                pids = [int(p) for p in children.read_text().split()]
+            except OSError:
+                pids = []
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+        return super().stop(sig)
 
     def __init__(self, workdir: Path, strace_args: list[str], **kw: Any) -> None:
         super().__init__(workdir, **kw)
@@ -173,3 +191,42 @@ def test_disk_guard_fires_WALDiskNearlyFull_in_real_prometheus(workdir: Path) ->
         if prom is not None:
             prom.stop()
         server.stop()
+
+
+def _family(name: str) -> str:
+    for suffix in ("_bucket", "_sum", "_count", "_created"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def test_live_scrape_passes_promtool_and_has_every_metric_in_rules_and_dashboard(
+        workdir: Path) -> None:
+    from tests.test_alert_rules import (
+        EXTERNAL_METRICS,
+        alert_rules,
+        dashboard_exprs,
+        metric_names_in,
+    )
+    with ServerProcess(workdir) as server:
+        server.start()
+        with server.client() as c:
+            assert _assert(c, 1).status_code == 201
+            text = c.get("/metrics").text
+    check = subprocess.run([_binary("promtool"), "check", "metrics"], input=text,
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    # Families present in the live exposition (HELP/TYPE lines list labelled families
+    # even before their first child, e.g. fsync errors before any error).
+    live = set(re.findall(r"^# (?:HELP|TYPE) (\S+)", text, re.MULTILINE))
+    live |= {_family(m) for m in re.findall(r"^([a-zA-Z_:][\w:]*)[{ ]", text, re.MULTILINE)}
+    used: set[str] = set()
+    for rule in alert_rules():
+        used |= metric_names_in(rule["expr"])
+    for expr in dashboard_exprs():
+        used |= metric_names_in(expr)
+    missing = {n for n in used - EXTERNAL_METRICS
+               if n not in live and _family(n) not in live
+               and n.removesuffix("_total") not in live}
+    assert not missing, f"named in rules/dashboard but not in a live /metrics: {missing}"
+    assert 'stemedb_wal_fsync_duration_seconds{quantile="0.99"}' in text
