@@ -296,3 +296,24 @@ def test_lsn_locates_segment_without_scanning(tmp_path: Path) -> None:
             rec = next(sc.records(lsn - s.header.base_lsn))
         assert rec.lsn == lsn
     assert os.path.basename(chain.segments[0].path) == "segment.001.wal"
+
+
+@pytest.mark.parametrize("bad", [
+    WriteRequest(RecordType.ASSERT, [{"assert": {"subject": "\ud800", "predicate": "p",
+                                                 "object": 1, "author": "a"}}]),
+    WriteRequest(RecordType.ASSERT, [{"assert": {"subject": "s", "predicate": "p",
+                                                 "object": float("nan"), "author": "a"}}]),
+    WriteRequest(RecordType.VOTE, [{"vote": {"assertion_id": 1, "voter": "v", "value": 2}}]),
+    WriteRequest(RecordType.BATCH, []),
+    WriteRequest(RecordType.SEAL, [{"assert": {}}]),
+    WriteRequest(RecordType.GENESIS),
+    WriteRequest(RecordType.ASSERT, [{"vote": {"assertion_id": 1, "voter": "v", "value": 1}}]),
+])
+def test_embedded_bad_input_is_refused_before_the_writer(eng: Engine, bad: WriteRequest
+                                                         ) -> None:
+    from stemedb.errors import InvalidInput
+    end = eng.status()["wal"]["end_lsn"]
+    with pytest.raises(InvalidInput):
+        eng.submit(bad)
+    assert eng.fenced is None and eng.status()["wal"]["end_lsn"] == end
+    assert eng.submit(A("fine")).result().status == 201

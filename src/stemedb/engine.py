@@ -45,7 +45,7 @@ from .errors import (
     WalFsyncFailed,
 )
 from .metrics import Metrics
-from .model import encode_json
+from .model import encode_json, validate_assertion, validate_batch, validate_vote
 from .storage import DiskUsage, FileSystem, OsFileSystem
 from .wal import (
     PREALLOC_NAME,
@@ -180,6 +180,34 @@ class _Pending:
     def __init__(self, request: WriteRequest) -> None:
         self.request = request
         self.future: cf.Future[WriteResult] = cf.Future()
+
+
+def validate_request(request: WriteRequest) -> None:
+    """Normalize and check a request's ops in place (see stemedb.model)."""
+    t = request.type
+    if t == RecordType.GENESIS:
+        raise InvalidInput("the genesis record is written by the engine itself")
+    if t == RecordType.SEAL:
+        if request.ops:
+            raise InvalidInput("a seal takes no ops")
+    elif t == RecordType.BATCH:
+        request.ops = validate_batch({"ops": request.ops})
+    elif t in (RecordType.ASSERT, RecordType.VOTE):
+        kind = "assert" if t == RecordType.ASSERT else "vote"
+        if (len(request.ops) != 1 or not isinstance(request.ops[0], dict)
+                or set(request.ops[0]) != {kind}):
+            raise InvalidInput(f"a {kind} request carries exactly one {{\"{kind}\": ...}} op")
+        body = request.ops[0][kind]
+        request.ops = [{kind: validate_assertion(body) if kind == "assert"
+                        else validate_vote(body)}]
+    else:
+        raise InvalidInput(f"unknown request type {t!r}")
+    key = request.idempotency_key
+    if key is not None and (not isinstance(key, str) or not key
+                            or len(key.encode("utf-8", "replace"))
+                            > limits.idempotency_key_bytes_max):
+        raise InvalidInput(f"Idempotency-Key must be 1 to {limits.idempotency_key_bytes_max} "
+                           "bytes", code="invalid_idempotency_key")
 
 
 def rfc3339(unix: float) -> str:
@@ -588,7 +616,7 @@ class Engine:
     def _genesis(self) -> None:
         """The first record of a new database opens epoch 1."""
         assert self._wconn is not None and self._writer is not None
-        self._commit([_Pending(WriteRequest(RecordType.GENESIS))], sync=True)
+        self._commit([_Pending(WriteRequest(RecordType.GENESIS))], sync=True)  # not submit()
 
     # ------------------------------------------------------------------ lifecycle --
     def start(self) -> None:
@@ -638,7 +666,12 @@ class Engine:
 
     # ------------------------------------------------------------------ writes ----
     def submit(self, request: WriteRequest) -> cf.Future[WriteResult]:
-        """Queue a write; the future resolves once it is durable and applied."""
+        """Queue a write; the future resolves once it is durable and applied.
+
+        Raises :class:`InvalidInput` for a malformed request (embedded callers get the
+        same checks as the HTTP API: nothing invalid reaches the writer thread).
+        """
+        validate_request(request)
         if self.fenced is not None:
             raise self._fence_error()
         if self.closed or not self.accepting:
