@@ -153,7 +153,7 @@ def resolve_cli(tokens: list[str]) -> tuple[click.Command, list[str]]:
     command: click.Command = stemedb_cli
     while isinstance(command, click.Group) and rest and not rest[0].startswith("-"):
         name = rest.pop(0)
-        sub = command.commands.get(name)
+        sub = command.get_command(click.Context(command), name)
         assert sub is not None, f"no command `{name}` under `{command.name}`: {tokens}"
         command = sub
     assert not isinstance(command, click.Group), f"incomplete command: {tokens}"

@@ -44,11 +44,13 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import limits
-from .engine import EngineConfig
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .engine import EngineConfig
 
 DEFAULT_CONFIG_PATH = "/etc/stemedb/api.toml"
 DEFAULT_DATA_DIR = "./stemedb-data"
@@ -106,6 +108,8 @@ class Config:
         return parse_listen(self.values[("server", "listen")])
 
     def engine_config(self) -> EngineConfig:
+        from .engine import EngineConfig  # the engine loads only when it is needed
+
         v = self.values
         cfg = EngineConfig(
             fsync=v[("wal", "fsync")],
