@@ -51,7 +51,7 @@ class SignalRelay:
     """
 
     def __init__(self) -> None:
-        self._target: Callable[[signal.Signals], None] | None = None
+        self._target: Callable[[signal.Signals], object] | None = None
         self._pending: list[signal.Signals] = []
         self._lock = threading.Lock()
 
@@ -68,7 +68,7 @@ class SignalRelay:
                 return
         target(sig)
 
-    def attach(self, target: Callable[[signal.Signals], None]) -> None:
+    def attach(self, target: Callable[[signal.Signals], object]) -> None:
         with self._lock:
             self._target = target
             pending, self._pending = self._pending, []
