@@ -74,7 +74,9 @@ class Report:
             print_table("Targets", [t.as_row() for t in self.targets])
         for note in self.notes:
             print(f"note: {note}")
+        print(f"load average {os.getloadavg()[0]:.2f} at the end (2 CPUs)")
         if json_path:
+            machine = {**machine, "loadavg_1m_at_end": round(os.getloadavg()[0], 2)}
             doc = {"bench": self.bench, "command": self.command, "machine": machine,
                    "unix_time": time.time(),
                    "tables": {title: rows for title, rows in self.tables},
@@ -169,13 +171,15 @@ def machine_info(bench_dir: str) -> dict[str, Any]:
     return {"nproc": os.cpu_count(), "cpu": cpu, "mem_gib": round(mem_kib / 2**20, 1),
             "kernel": platform.release(), "python": platform.python_version(),
             "bench_dir": bench_dir, "bench_dir_fs": fs_type(bench_dir),
-            "sqlite": __import__("sqlite3").sqlite_version}
+            "sqlite": __import__("sqlite3").sqlite_version,
+            "loadavg_1m_at_start": round(os.getloadavg()[0], 2)}
 
 
 def print_machine(info: dict[str, Any]) -> None:
     print(f"machine: {info['nproc']} CPUs ({info['cpu']}), {info['mem_gib']} GiB, "
           f"Linux {info['kernel']}, Python {info['python']}, SQLite {info['sqlite']}; "
-          f"bench dir {info['bench_dir']} on {info['bench_dir_fs']}")
+          f"bench dir {info['bench_dir']} on {info['bench_dir_fs']}; "
+          f"load average {info['loadavg_1m_at_start']} at start")
 
 
 # --------------------------------------------------------------------- memory ------
@@ -202,8 +206,8 @@ def dir_size_bytes(path: str) -> int:
 
 
 # --------------------------------------------------------------------- CLI --------
-def base_parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+def base_parser(description: str, module: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
     p.add_argument("--dir", default=None,
                    help="directory for data files (default: a fresh temp dir under /tmp)")
     p.add_argument("--json", default=None, metavar="PATH",

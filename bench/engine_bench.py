@@ -194,7 +194,7 @@ def bench_fdatasync(root: str, seconds: float, *, append: bool) -> dict[str, Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], MODULE)
     p.add_argument("--seconds", type=float, default=5.0,
                    help="measured seconds per cell (default: 5)")
     p.add_argument("--warmup", type=float, default=0.5,

@@ -46,7 +46,7 @@ def remove_state(data_dir: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], MODULE)
     p.add_argument("--assert-records", type=int, default=100_000,
                    help="single-assertion records to write and replay (default: 100000)")
     p.add_argument("--batch-records", type=int, default=100,

@@ -157,7 +157,7 @@ def drop_sqlite_wal(data_dir: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], MODULE)
     p.add_argument("--sizes", default="1000000",
                    help="comma-separated database sizes in assertions (default: 1000000)")
     p.add_argument("--quick", action="store_true",
