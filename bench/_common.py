@@ -172,14 +172,29 @@ def machine_info(bench_dir: str) -> dict[str, Any]:
             "kernel": platform.release(), "python": platform.python_version(),
             "bench_dir": bench_dir, "bench_dir_fs": fs_type(bench_dir),
             "sqlite": __import__("sqlite3").sqlite_version,
-            "loadavg_1m_at_start": round(os.getloadavg()[0], 2)}
+            "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
+            "stemedb_commit": _git_head()}
+
+
+def _git_head() -> str:
+    """The commit the engine code comes from, and whether src/ has local changes."""
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    try:
+        head = subprocess.run(["git", "-C", src, "rev-parse", "--short", "HEAD"], timeout=10,
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", src, "status", "--porcelain", "--", "."],
+                               timeout=10, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+local changes" if dirty else "")
 
 
 def print_machine(info: dict[str, Any]) -> None:
     print(f"machine: {info['nproc']} CPUs ({info['cpu']}), {info['mem_gib']} GiB, "
           f"Linux {info['kernel']}, Python {info['python']}, SQLite {info['sqlite']}; "
           f"bench dir {info['bench_dir']} on {info['bench_dir_fs']}; "
-          f"load average {info['loadavg_1m_at_start']} at start")
+          f"load average {info['loadavg_1m_at_start']} at start; "
+          f"stemedb at {info['stemedb_commit']}")
 
 
 # --------------------------------------------------------------------- memory ------

@@ -85,5 +85,6 @@ def test_http_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert all(r["clients"] == 2 and r["requests"] > 0 for r in writes)
     assert tables["Batch writes"][0]["assertions_per_s"] > 0
     reads = tables["GET /v1/assertions/{id} while writing"]
-    assert len(reads) == 4 and all(r["reads_per_s"] > 0 for r in reads)
-    assert [t["target"].startswith("read p99") for t in doc["targets"]].count(True) == 2
+    n = 6 if shutil.which("cc") else 4
+    assert len(reads) == n and all(r["reads_per_s"] > 0 for r in reads)
+    assert [t["target"].startswith("read p99") for t in doc["targets"]].count(True) == n // 2
