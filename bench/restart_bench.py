@@ -39,6 +39,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -63,10 +64,21 @@ class ChildProcess:
     """A ``bench._child`` process whose JSON lines are read with a deadline."""
 
     def __init__(self, args: list[str]) -> None:
+        # stderr goes to a file: a pipe nobody reads would block a chatty child.
+        self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in _close
         self.t_spawn = time.monotonic()
         self.proc = subprocess.Popen(
-            [*CHILD, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [*CHILD, *args], stdout=subprocess.PIPE, stderr=self.stderr, text=True,
             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    def stderr_tail(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read()[-2000:]
+
+    def _close(self) -> None:
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.stderr.close()
 
     def read_until(self, key: str, timeout_seconds: float,
                    on_line: Any = None) -> tuple[dict[str, Any], float]:
@@ -84,9 +96,8 @@ class ChildProcess:
             line = self.proc.stdout.readline()
             now = time.monotonic()
             if not line:
-                err = self.proc.stderr.read() if self.proc.stderr else ""
                 raise RuntimeError(f"the child exited (rc={self.proc.wait(10)}) before "
-                                   f"{key!r}: {err[-2000:]}")
+                                   f"{key!r}: {self.stderr_tail()}")
             obj = json.loads(line)
             if "error" in obj:
                 raise RuntimeError(f"the child failed: {obj['error']}")
@@ -99,9 +110,7 @@ class ChildProcess:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(30)
-        for f in (self.proc.stdout, self.proc.stderr):
-            if f is not None:
-                f.close()
+        self._close()
 
     def wait(self, timeout_seconds: float) -> None:
         try:
@@ -109,9 +118,7 @@ class ChildProcess:
         finally:
             if self.proc.poll() is None:
                 self.kill9()
-            for f in (self.proc.stdout, self.proc.stderr):
-                if f is not None:
-                    f.close()
+            self._close()
 
 
 def build_and_kill(data_dir: str, target_ops: int, *, ops_per_record: int, fsync: str,
