@@ -50,6 +50,7 @@ def test_crash_simulation_every_acknowledged_write_survives() -> None:
     assert sum(r.matched == "acked+inflight" for r in results) >= SEEDS // 50
     assert sum(r.full_replay_checked for r in results) >= SEEDS // 4
     assert sum(r.segments_removed for r in results) >= 1
+    assert sum(r.group_commits for r in results) >= SEEDS  # groups with savepoints
 
 
 def test_same_seed_same_run() -> None:

@@ -848,7 +848,7 @@ class Engine:
         frames: list[tuple[int, int, bytes]] = []
         done: list[tuple[_Pending, WriteResult]] = []
         cap = min(limits.record_payload_bytes_max, w.record_capacity())
-        ctx = st.ApplyContext()
+        ctx = st.ApplyContext(buffer_rows=True)
         conn.execute("BEGIN IMMEDIATE")
         try:
             for p in batch:
@@ -878,12 +878,16 @@ class Engine:
                     continue
                 mark = w.plan_mark()
                 lsn = w.plan(len(data))
-                # A savepoint isolates one request from the others in its group; a group
-                # of one rolls back the whole transaction instead (two statements fewer).
+                # Only a batch can fail half-way (a vote on an unknown assertion after
+                # some inserts), so only a batch that shares its group gets a savepoint.
+                # An assertion cannot fail once validated; a vote fails before it writes.
+                # A group of one rolls back the whole transaction instead.
                 alone = len(batch) == 1
-                if not alone:
+                savepoint = not alone and req.type == RecordType.BATCH
+                if savepoint:
+                    ctx.flush_rows(conn)
                     conn.execute("SAVEPOINT req")
-                saved = ctx.copy()
+                saved = ctx.copy() if savepoint else ctx
                 try:
                     status, body = st.apply_record(conn, req.type, payload, lsn, ctx)
                     if req.idempotency_key is not None:
@@ -891,17 +895,20 @@ class Engine:
                                      (req.idempotency_key,))
                         st.record_idempotency(conn, req.idempotency_key,
                                               req.body_sha256 or "", status, body, lsn, now)
-                    if not alone:
+                    if savepoint:
                         conn.execute("RELEASE req")
                 except StemeError as exc:
                     if alone:
                         conn.execute("ROLLBACK")
                         conn.execute("BEGIN IMMEDIATE")
-                    else:
+                        ctx = st.ApplyContext(buffer_rows=True)
+                    elif savepoint:
                         conn.execute("ROLLBACK TO req")
                         conn.execute("RELEASE req")
+                        ctx = saved
+                    elif req.type != RecordType.VOTE:
+                        raise  # cannot happen: fail the whole group rather than guess
                     w.plan_reset_to(mark)
-                    ctx = saved
                     p.future.set_exception(exc)
                     continue
                 frames.append((int(req.type), lsn, data))

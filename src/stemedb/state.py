@@ -141,7 +141,7 @@ class ApplyContext:
     rows: list[tuple[Any, ...]] = field(default_factory=list)
 
     def copy(self) -> ApplyContext:
-        assert not self.rows
+        assert not self.rows, "flush_rows() before taking a copy"
         return ApplyContext(self.epoch, self.next_id, self.asserted, self.new_votes,
                             self.buffer_rows)
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import state as st
-from ..engine import Engine, EngineConfig, WriteRequest, body_digest
+from ..engine import Engine, EngineConfig, WriteRequest, _Pending, body_digest, validate_request
 from ..errors import StemeError
 from ..metrics import Metrics
 from ..wal import RecordType
@@ -55,6 +55,7 @@ class SimResult:
     torn_tail: bool
     segments_removed: int
     full_replay_checked: bool
+    group_commits: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -63,12 +64,12 @@ class SimFailure(AssertionError):
 
 
 class _Clock:
-    def __init__(self) -> None:
-        self.t = 1_764_097_200.0
+    """A clock that stands still: group commits and single commits then stamp records
+    alike, so a reference that applies requests one at a time can be compared with a
+    subject that grouped them."""
 
     def __call__(self) -> float:
-        self.t += 0.001
-        return self.t
+        return 1_764_097_200.0
 
 
 def _engine(data_dir: str, fs: SimFileSystem, cfg: EngineConfig,
@@ -165,7 +166,8 @@ def run_seed(seed: int, workdir: str, *, fsync: str = "always") -> SimResult:
 
     requests: list[WriteRequest] = []
     acked = 0
-    inflight: WriteRequest | None = None
+    inflight: list[WriteRequest] = []
+    groups = 0
     crashed = False
     removed = 0
     keys: list[tuple[str, WriteRequest]] = []
@@ -182,18 +184,30 @@ def run_seed(seed: int, workdir: str, *, fsync: str = "always") -> SimResult:
             if r < 0.06:
                 removed += len(eng.checkpoint().result().removed_segments)
                 continue
-            req = _random_request(rng, next_id, keys)
-            inflight = req
-            try:
-                res = eng.submit(req).result()
-                if not res.idempotent_replay and req.type in (RecordType.ASSERT,
-                                                              RecordType.BATCH):
-                    next_id += sum(1 for op in req.ops if "assert" in op)
-            except StemeError:
-                pass  # refused: a request invalid against the state writes nothing
-            inflight = None
-            requests.append(req)
-            acked += 1
+            # Mostly one request per commit; sometimes a group commit of several, as the
+            # writer thread makes under concurrent load (savepoints, partial refusals).
+            size = 1 if rng.random() < 0.7 else rng.randint(2, 6)
+            group = [_random_request(rng, next_id + 3 * i, keys) for i in range(size)]
+            for req in group:
+                validate_request(req)
+            inflight = group
+            pendings = [_Pending(req) for req in group]
+            eng._commit(pendings)
+            eng._periodic()
+            for req, pend in zip(group, pendings, strict=True):
+                exc = pend.future.exception()
+                if exc is None:
+                    res = pend.future.result()
+                    if not res.idempotent_replay and req.type in (RecordType.ASSERT,
+                                                                  RecordType.BATCH):
+                        next_id += sum(1 for op in req.ops if "assert" in op)
+                elif not isinstance(exc, StemeError):
+                    raise exc
+                # a StemeError is a refusal: a request invalid against the state
+            inflight = []
+            requests.extend(group)
+            acked += len(group)
+            groups += size > 1
             if rng.random() < 0.3:
                 snapshots.append(_snapshot(db_path))  # SQLite may keep any commit point
     except SimCrash:
@@ -224,16 +238,18 @@ def run_seed(seed: int, workdir: str, *, fsync: str = "always") -> SimResult:
     matched = ""
     if _dump(os.path.join(ref_dir, "state.sqlite3")) == recovered:
         matched = "acked"
-    elif inflight is not None:
-        with contextlib.suppress(StemeError):
-            ref.submit(inflight).result()
-        if _dump(os.path.join(ref_dir, "state.sqlite3")) == recovered:
-            matched = "acked+inflight"
+    else:
+        # A torn group write can leave any prefix of the group's records durable.
+        for req in inflight:
+            with contextlib.suppress(StemeError):
+                ref.submit(req).result()
+            if _dump(os.path.join(ref_dir, "state.sqlite3")) == recovered:
+                matched = "acked+inflight"
+                break
     ref.close()
     if not matched:
         raise SimFailure(f"recovered state differs from the reference ({acked} acknowledged "
-                         f"requests, inflight={inflight is not None}); last ops: "
-                         f"{fs.log[-8:]}")
+                         f"requests, {len(inflight)} in flight); last ops: {fs.log[-8:]}")
     # The state equals a replay of the whole durable WAL (when every segment was kept).
     full_checked = False
     if keep_all:
@@ -260,9 +276,9 @@ def run_seed(seed: int, workdir: str, *, fsync: str = "always") -> SimResult:
         raise SimFailure(f"restart after a clean stop replayed {rep3.records} records")
     eng3.close()
     shutil.rmtree(base, ignore_errors=True)
-    return SimResult(seed, len(requests) + (inflight is not None), acked,
-                     fs.ops if crashed else None, inflight is not None, matched,
-                     report.torn_tail is not None, removed, full_checked)
+    return SimResult(seed, len(requests) + len(inflight), acked,
+                     fs.ops if crashed else None, bool(inflight), matched,
+                     report.torn_tail is not None, removed, full_checked, groups)
 
 
 def main(argv: list[str] | None = None) -> int:
