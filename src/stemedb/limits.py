@@ -63,6 +63,9 @@ replay_apply_bytes_max = 8 * MiB  # record bytes applied per SQLite transaction 
 apply_rows_buffered_max = 4096  # assertion rows buffered before one executemany
 replay_progress_interval_seconds = 2.0  # log line cadence during replay
 
+# --- process ------------------------------------------------------------------
+gil_switch_interval_seconds = 0.001  # sys.setswitchinterval in `stemedb serve`
+
 # --- reads ----------------------------------------------------------------------
 reader_threads = 4  # SQLite read connections owned by the engine
 

@@ -12,6 +12,7 @@ import threading
 
 import click
 
+from .. import limits
 from ..config import DEFAULT_CONFIG_PATH, DEFAULT_DATA_DIR, DEFAULT_LISTEN, Config, load_config
 from ..errors import ConfigError
 from ..logs import LOG_FORMATS, LOG_LEVELS, setup_logging
@@ -68,6 +69,11 @@ def serve(config_path: str | None, data_dir: str | None, listen: str | None,
         sys.exit(int(Exit.REFUSED))
     setup_logging(str(cfg.get("server", "log_format")), str(cfg.get("server", "log_level")))
     _set_process_name()
+    # The WAL writer gives up the GIL in every write, fdatasync and SQLite call; with
+    # CPython's default 5 ms switch interval it then waits behind the event loop and
+    # reader threads.  1 ms gave 1.5x the durable write rate at 64 concurrent writers
+    # on the benchmark machine (docs/benchmarks.md).
+    sys.setswitchinterval(limits.gil_switch_interval_seconds)
     effective = cfg.effective()
     effective["data_dir"] = os.path.abspath(cfg.data_dir)
     # One line; in JSON logs the configuration is also a structured field.
