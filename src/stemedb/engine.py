@@ -116,6 +116,9 @@ class WriteRequest:
     ops: list[dict[str, Any]] = field(default_factory=list)
     idempotency_key: str | None = None
     body_sha256: str | None = None
+    # Set by a caller that already ran stemedb.model's checks on ``ops`` (the HTTP
+    # layer does, before it reads the state), so they do not run twice.
+    prevalidated: bool = False
 
     def size_hint(self) -> int:
         return 256 + 512 * len(self.ops)
@@ -671,7 +674,8 @@ class Engine:
         Raises :class:`InvalidInput` for a malformed request (embedded callers get the
         same checks as the HTTP API: nothing invalid reaches the writer thread).
         """
-        validate_request(request)
+        if not request.prevalidated:
+            validate_request(request)
         if self.fenced is not None:
             raise self._fence_error()
         if self.closed or not self.accepting:

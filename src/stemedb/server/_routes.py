@@ -118,7 +118,7 @@ async def _write(request: web.Request, rtype: RecordType, ops: list[dict[str, An
     try:
         try:
             fut = node.engine.submit(WriteRequest(rtype, ops, idempotency_key=key,
-                                                  body_sha256=digest))
+                                                  body_sha256=digest, prevalidated=True))
         except Unavailable as exc:
             raise map_unavailable(node, exc) from exc
         try:
