@@ -309,7 +309,9 @@ class Engine:
         self.progress.eta_seconds = 0.0
         self.recovered = True
         self.m.replay_last_duration_seconds.set(report.seconds)
-        if report.records:
+        if report.created:
+            log.info("created a new database in %s (WAL in %s)", self.data_dir, self.wal_dir)
+        elif report.records:
             log.info("replayed %d WAL records (%d bytes, LSN %d..%d) in %.3fs",
                      report.records, report.bytes, report.start_lsn, report.end_lsn,
                      report.seconds)
