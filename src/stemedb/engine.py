@@ -550,7 +550,7 @@ class Engine:
         ctx = st.ApplyContext(buffer_rows=True)
         try:
             for rec in recs:
-                payload = json.loads(rec.payload)
+                payload = json.loads(rec.payload.decode("ascii"))  # ensure_ascii=True on write
                 try:
                     status, body = st.apply_record(conn, rec.type, payload, rec.lsn, ctx)
                 except StemeError as exc:

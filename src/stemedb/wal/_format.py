@@ -159,3 +159,4 @@ def frame_crc(header_bytes: bytes | memoryview, payload: bytes | memoryview) -> 
 
 
 FRAME_MAGIC_BYTES = _FRAME_MAGIC_BYTES
+FRAME_HEADER = _FRAME_HDR  # struct: crc, magic, type, flags, length, reserved, lsn

@@ -6,11 +6,13 @@ import bisect
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .. import limits
 from ..storage import File, FileSystem
 from ._format import (
     FRAME_ALIGN,
+    FRAME_HEADER,
     FRAME_HEADER_SIZE,
     FRAME_MAGIC,
     FRAME_MAGIC_BYTES,
@@ -33,8 +35,9 @@ GAP = "gap"
 MISSING_SEGMENT = "missing_segment"
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
+    """One valid record.  A tuple, not a dataclass: replay makes one per record."""
+
     lsn: int
     type: int
     payload: bytes
@@ -112,18 +115,21 @@ class SegmentScanner:
     # -- frame checks -------------------------------------------------------------
     def _check_frame(self, off: int, head: bytes) -> tuple[str | None, int]:
         """Return (reason it is bad or None, payload length) for a frame header at off."""
-        h = decode_frame_header(head)
-        if h.magic != FRAME_MAGIC:
-            return f"bad frame magic 0x{h.magic:04x}", 0
-        if h.type not in RECORD_TYPES:
-            return f"unknown record type {h.type}", 0
+        _crc, magic, rtype, _flags, length, _res, lsn = FRAME_HEADER.unpack_from(head)
+        return self._check_fields(off, magic, rtype, length, lsn), length
+
+    def _check_fields(self, off: int, magic: int, rtype: int, length: int, lsn: int
+                      ) -> str | None:
+        if magic != FRAME_MAGIC:
+            return f"bad frame magic 0x{magic:04x}"
+        if rtype not in RECORD_TYPES:
+            return f"unknown record type {rtype}"
         want = self.header.base_lsn + off
-        if h.lsn != want:
-            return f"frame LSN {h.lsn} does not match its position (LSN {want})", 0
-        if off + FRAME_HEADER_SIZE + h.length > self.limit:
-            return (f"length {h.length} runs past the end of the segment "
-                    f"({self.limit} bytes)"), 0
-        return None, h.length
+        if lsn != want:
+            return f"frame LSN {lsn} does not match its position (LSN {want})"
+        if off + FRAME_HEADER_SIZE + length > self.limit:
+            return f"length {length} runs past the end of the segment ({self.limit} bytes)"
+        return None
 
     def _valid_frame_at(self, off: int) -> bool:
         if off + FRAME_HEADER_SIZE > self.limit:
@@ -182,6 +188,8 @@ class SegmentScanner:
         buf = b""
         buf_off = off
         limit = self.limit
+        name = self.name
+        unpack_head = FRAME_HEADER.unpack_from
         while True:
             if off + FRAME_HEADER_SIZE > limit:
                 nz = self._nonzero_after(off)
@@ -202,7 +210,8 @@ class SegmentScanner:
                 if nz is not None:
                     self._mark_damage(off, f"zeroed bytes from offset {off}, then data at {nz}")
                 return
-            reason, length = self._check_frame(off, head)
+            crc, magic, rtype, _flags, length, _res, lsn = unpack_head(head)
+            reason = self._check_fields(off, magic, rtype, length, lsn)
             if reason is not None:
                 self._mark_damage(off, reason)
                 return
@@ -214,7 +223,7 @@ class SegmentScanner:
                 if len(payload) < length:
                     self._mark_damage(off, "record cut short by the end of the file")
                     return
-            if frame_crc(head, payload) != decode_frame_header(head).crc:
+            if frame_crc(head, payload) != crc:
                 self._mark_damage(off, "checksum mismatch")
                 return
             # The checksum does not cover the padding to the next 8-byte boundary: the
@@ -227,9 +236,7 @@ class SegmentScanner:
             if pad.strip(b"\0"):
                 self._mark_damage(off, "non-zero padding after the record")
                 return
-            h = decode_frame_header(head)
-            yield Record(lsn=h.lsn, type=h.type, payload=bytes(payload), segment=self.name,
-                         offset=off)
+            yield Record(lsn, rtype, payload, name, off)
             off += frame_size(length)
             self.end_offset = off
 
