@@ -385,9 +385,11 @@ def check_replay_debt(report: VerifyReport, state: _StateInfo | None,
     first_base = next((s.base_lsn for s in report.segments if s.base_lsn is not None), 0)
     debt = max(0, end - max(ckpt, first_base))
     to_apply = max(0, end - int(applied)) if applied is not None else debt
-    rate = float(limits.replay_throughput_bytes_per_second_initial)
+    measured = state.meta.get("replay_bytes_per_second")
+    rate = float(measured or limits.replay_throughput_bytes_per_second_initial)
     seconds = debt / rate
-    source = f"assuming {_mib(rate)}/s replay"
+    source = (f"at the {_mib(rate)}/s the last replay measured" if measured
+              else f"assuming {_mib(rate)}/s replay (none measured yet)")
     ck = (status or {}).get("checkpoint") or {}
     if isinstance(ck.get("replay_debt_seconds"), int | float):
         seconds = float(ck["replay_debt_seconds"])
