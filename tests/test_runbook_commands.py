@@ -41,6 +41,7 @@ from stemedb.tools.testing import (
     open_engine_replaying,
     sample_engine_config,
 )
+from tests._tmp import fast_dir
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = os.path.dirname(sys.executable)
@@ -119,16 +120,12 @@ def stub_bin(tmp_path: Path) -> Path:
 @pytest.fixture
 def fast_tmp(tmp_path: Path) -> Iterator[Path]:
     """tmpfs when there is one (fdatasync costs nothing there), else tmp_path."""
-    shm = Path("/dev/shm")
-    if not (shm.is_dir() and os.access(shm, os.W_OK)):
-        yield tmp_path
-        return
-    d = shm / f"stemedb-test-{os.getpid()}-{os.urandom(4).hex()}"
-    d.mkdir()
+    d = fast_dir(os.urandom(4).hex(), tmp_path)
     try:
         yield d
     finally:
-        shutil.rmtree(d, ignore_errors=True)
+        if d != tmp_path:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def test_weekly_verification_loop(fast_tmp: Path) -> None:

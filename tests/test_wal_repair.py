@@ -31,6 +31,7 @@ from stemedb.tools.testing import (
     segment_records,
 )
 from stemedb.wal import SEGMENT_HEADER_SIZE
+from tests._tmp import fast_dir
 
 ASSERTIONS = 1100  # three 64 KiB segments
 SINGLE = [c for c in DAMAGES if c not in ("clean", "missing_segment", "bad_header")]
@@ -38,13 +39,7 @@ DAMAGED = [c for c in DAMAGES if c != "clean"]
 
 
 def _fast_tmp(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        d = shm / f"stemedb-test-{os.getpid()}-{name}"
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
-        return d
-    return tmp_path_factory.mktemp(name)
+    return fast_dir(name, tmp_path_factory.mktemp(name))
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ code, for the whole directory and for the damaged segment alone.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,19 +19,13 @@ from stemedb.cli import cli
 from stemedb.cli._wal import wal_verify_command
 from stemedb.tools import ToolError, verify_dir, verify_file
 from stemedb.tools.testing import DAMAGES, SampleWal, build_sample_wal
+from tests._tmp import fast_dir
 
 ASSERTIONS = 1100  # enough for three 64 KiB segments
 
 
 def fast_tmp(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
-    """A directory on tmpfs when there is one: fdatasync there costs nothing."""
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        d = Path(os.path.join(shm, f"stemedb-test-{os.getpid()}-{name}"))
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
-        return d
-    return tmp_path_factory.mktemp(name)
+    return fast_dir(name, tmp_path_factory.mktemp(name))
 
 
 @pytest.fixture(scope="module")
