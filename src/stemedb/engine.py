@@ -301,7 +301,7 @@ class Engine:
             self.progress.phase = "failed"
             self.progress.error = str(exc)
             if isinstance(exc, CorruptionError):
-                log.error("%s", exc)
+                log.error("%s", exc)  # the one log line for it: `grep "WAL.*corrupt"`
             raise
         finally:
             self.m.replay_in_progress.set(0)
@@ -374,7 +374,6 @@ class Engine:
             if self.config.recovery_mode == "point-in-time":
                 cut_at = fidx if cut_at is None else min(cut_at, fidx)
             else:
-                log.error("WAL segment %s corrupt: %s", fault.segment, fault.reason)
                 raise CorruptionError(fault.segment, 0, fault.reason, kind=fault.kind)
         for i in range(idx, len(segs) if cut_at is None else cut_at):
             s = segs[i]
@@ -462,8 +461,6 @@ class Engine:
                         break
                     else:
                         kind = "torn_tail" if torn else "corrupt_record"
-                        log.error("WAL segment %s corrupt at offset %d (LSN %d): %s",
-                                  s.name, doff, lsn, reason)
                         raise CorruptionError(s.name, doff, reason, lsn=lsn, kind=kind)
         # Open the writer where the valid data ends (after any torn tail was cut).
         assert tail_header is not None

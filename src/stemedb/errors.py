@@ -99,7 +99,8 @@ class CorruptionError(StemeError):
         self.kind = kind
         hint = (f"stemedb wal verify --file {segment}, then stemedb-wal-repair "
                 f"--segment {segment} --output <new> --truncate-at {offset}")
-        super().__init__(f"WAL segment {segment} corrupt at offset {offset}: {reason}",
+        where = f"offset {offset}" if lsn is None else f"offset {offset} (LSN {lsn})"
+        super().__init__(f"WAL segment {segment} corrupt at {where}: {reason}",
                          hint=hint)
 
 
