@@ -22,6 +22,7 @@ Run: ``python -m bench.engine_bench [--seconds 5] [--submitters 1,16,64] [--json
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
@@ -103,9 +104,9 @@ def run_closed_loop(make_op: Callable[[int], Callable[[], Any]], submitters: int
             **latency_summary_ms(all_lat)}
 
 
-def bench_stemedb(root: str, submitters: int, seconds: float, warmup: float
-                  ) -> dict[str, Any]:
-    d = os.path.join(root, f"stemedb-{submitters}")
+def bench_stemedb(root: str, submitters: int, seconds: float, warmup: float,
+                  mode: str = "threads") -> dict[str, Any]:
+    d = os.path.join(root, f"stemedb-{mode}-{submitters}")
     eng = Engine(d, EngineConfig(fsync="always", disk_reserve_bytes=0))
     eng.recover()
     eng.start()
@@ -118,7 +119,10 @@ def bench_stemedb(root: str, submitters: int, seconds: float, warmup: float
                 return eng.submit(req).result()
             return op
 
-        res = run_closed_loop(make_op, submitters, seconds, warmup)
+        if mode == "asyncio":
+            res = run_closed_loop_async(eng, submitters, seconds, warmup)
+        else:
+            res = run_closed_loop(make_op, submitters, seconds, warmup)
         reg = eng.m.registry
         commits = reg.get_sample_value("stemedb_group_commit_batch_records_count") or 0
         recs = reg.get_sample_value("stemedb_group_commit_batch_records_sum") or 0
@@ -129,6 +133,36 @@ def bench_stemedb(root: str, submitters: int, seconds: float, warmup: float
         return res
     finally:
         eng.close()
+
+
+def run_closed_loop_async(eng: Engine, submitters: int, seconds: float,
+                          warmup_seconds: float) -> dict[str, Any]:
+    """N asyncio tasks on one event loop, each awaiting ``Engine.submit_async``."""
+    counter = iter(range(10**12))
+    lat: list[float] = []
+
+    async def worker(deadline: float, measure_from: float) -> None:
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= deadline:  # bounded by --seconds
+                return
+            req = WriteRequest(RecordType.ASSERT, [{"assert": sample_assertion(
+                next(counter))}])
+            await eng.submit_async(req)
+            if t0 >= measure_from:
+                lat.append(time.perf_counter() - t0)
+
+    async def main() -> float:
+        t_start = time.perf_counter()
+        measure_from = t_start + warmup_seconds
+        deadline = measure_from + seconds
+        await asyncio.wait_for(
+            asyncio.gather(*(worker(deadline, measure_from) for _ in range(submitters))),
+            seconds + warmup_seconds + JOIN_TIMEOUT_SECONDS)
+        return max(time.perf_counter() - measure_from, 1e-9)
+
+    elapsed = asyncio.run(main())
+    return {"writes": len(lat), "writes_per_s": len(lat) / elapsed, **latency_summary_ms(lat)}
 
 
 def bench_sqlite(root: str, submitters: int, seconds: float, warmup: float

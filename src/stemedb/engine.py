@@ -16,11 +16,11 @@ and nothing is retried.  A restart recovers from what is on disk.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import contextlib
 import datetime as dt
 import hashlib
-import json
 import logging
 import os
 import queue
@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+import orjson
 
 from . import limits
 from . import state as st
@@ -178,11 +180,63 @@ class _SegMeta:
 
 
 class _Pending:
-    __slots__ = ("future", "request")
+    """A queued write and whom to tell.
 
-    def __init__(self, request: WriteRequest) -> None:
+    Without a loop the outcome goes to a ``concurrent.futures.Future`` (any thread may
+    wait on it).  With a loop it goes to an ``asyncio.Future`` of that loop, and the
+    writer settles a whole group commit's futures with ONE ``call_soon_threadsafe``
+    per loop (see :func:`_settle`) instead of one wake-up per request.
+    """
+
+    __slots__ = ("afuture", "future", "loop", "request", "settled")
+
+    def __init__(self, request: WriteRequest,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.request = request
-        self.future: cf.Future[WriteResult] = cf.Future()
+        self.loop = loop
+        self.settled = False
+        self.future: cf.Future[WriteResult] | None = None
+        self.afuture: asyncio.Future[WriteResult] | None = None
+        if loop is None:
+            self.future = cf.Future()
+        else:
+            self.afuture = loop.create_future()
+
+
+_Outcome = tuple[_Pending, "WriteResult | None", "BaseException | None"]
+
+
+def _settle_on_loop(outcomes: list[_Outcome]) -> None:
+    for p, result, exc in outcomes:
+        fut = p.afuture
+        if fut is None or fut.done():  # the waiting request was cancelled
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)  # type: ignore[arg-type]
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    """Hand each pending write its outcome; one loop callback per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for o in outcomes:
+        p = o[0]
+        if p.settled:
+            continue
+        p.settled = True
+        if p.loop is not None:
+            by_loop.setdefault(p.loop, []).append(o)
+            continue
+        fut = p.future
+        assert fut is not None
+        if o[2] is not None:
+            fut.set_exception(o[2])
+        else:
+            fut.set_result(o[1])  # type: ignore[arg-type]
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
+            loop.call_soon_threadsafe(_settle_on_loop, items)
 
 
 def validate_request(request: WriteRequest) -> None:
@@ -213,8 +267,20 @@ def validate_request(request: WriteRequest) -> None:
                            "bytes", code="invalid_idempotency_key")
 
 
+# (whole second, its formatted prefix): replaced as one tuple, so threads never mix two.
+_ts_second: tuple[int, str] = (-1, "")
+
+
 def rfc3339(unix: float) -> str:
-    return dt.datetime.fromtimestamp(unix, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (UTC, microseconds), formatted once per second."""
+    global _ts_second
+    micros = round(unix * 1_000_000)
+    sec, frac = divmod(micros, 1_000_000)
+    cached = _ts_second
+    if cached[0] != sec:
+        cached = (sec, dt.datetime.fromtimestamp(sec, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S."))
+        _ts_second = cached
+    return f"{cached[1]}{frac:06d}Z"
 
 
 def parse_rfc3339(text: str) -> float:
@@ -287,6 +353,8 @@ class Engine:
         self._disk_checked_mono = 0.0
         self.applied_records = 0
         self.last_fsync_seconds: float | None = None
+        self._ctx_cache: st.ApplyContext | None = None
+        self._gauges_mono = 0.0
 
     # ------------------------------------------------------------------ recovery --
     def recover(self, progress: Callable[[ReplayProgress], None] | None = None
@@ -547,7 +615,7 @@ class Engine:
         ctx = st.ApplyContext(buffer_rows=True)
         try:
             for rec in recs:
-                payload = json.loads(rec.payload.decode("ascii"))  # ensure_ascii=True on write
+                payload = orjson.loads(rec.payload)
                 try:
                     status, body = st.apply_record(conn, rec.type, payload, rec.lsn, ctx)
                 except StemeError as exc:
@@ -673,6 +741,24 @@ class Engine:
         Raises :class:`InvalidInput` for a malformed request (embedded callers get the
         same checks as the HTTP API: nothing invalid reaches the writer thread).
         """
+        p = self._enqueue(request, None)
+        assert p.future is not None
+        return p.future
+
+    def submit_async(self, request: WriteRequest) -> asyncio.Future[WriteResult]:
+        """:meth:`submit` for a coroutine: an ``asyncio.Future`` of the running loop.
+
+        The writer settles every such future of one group commit with a single
+        ``call_soon_threadsafe``, so a loop with many writers in flight is woken once
+        per fdatasync rather than once per request.  Cancelling the future does not
+        withdraw the write (it may already be durable).
+        """
+        p = self._enqueue(request, asyncio.get_running_loop())
+        assert p.afuture is not None
+        return p.afuture
+
+    def _enqueue(self, request: WriteRequest,
+                 loop: asyncio.AbstractEventLoop | None) -> _Pending:
         if not request.prevalidated:
             validate_request(request)
         if self.fenced is not None:
@@ -685,7 +771,7 @@ class Engine:
                 raise Unavailable(f"write queue full ({self.config.submit_queue_requests_max}"
                                   " requests)", code="queue_full")
             self._queued += 1
-        p = _Pending(request)
+        p = _Pending(request, loop)
         if self._background:
             self._queue.put(("write", p))
         else:
@@ -693,7 +779,7 @@ class Engine:
                 self._queued -= 1
             self._commit([p])
             self._periodic()
-        return p.future
+        return p
 
     def _fence_error(self) -> WalFsyncFailed:
         assert self.fenced is not None
@@ -750,9 +836,7 @@ class Engine:
                     self._commit(batch)
                 except Exception as exc:  # never let the writer thread die silently
                     log.exception("writer failed: %s", exc)
-                    for p in batch:
-                        if not p.future.done():
-                            p.future.set_exception(exc)
+                    _settle([(p, None, exc) for p in batch])
             for kind, obj in controls:
                 try:
                     if kind == "checkpoint":
@@ -777,8 +861,8 @@ class Engine:
             except queue.Empty:
                 break
             if kind == "write":
-                obj.future.set_exception(Unavailable("the server is stopping",
-                                                     code="not_accepting"))
+                _settle([(obj, None, Unavailable("the server is stopping",
+                                                 code="not_accepting"))])
         try:
             if self.fenced is None:
                 self._checkpoint()
@@ -827,12 +911,19 @@ class Engine:
 
     def _commit(self, batch: list[_Pending], *, sync: bool | None = None) -> None:
         """One group commit.  Runs on the writer thread only."""
+        out: list[_Outcome] = []
+        try:
+            self._commit_group(batch, out, sync)
+        finally:
+            _settle(out)
+
+    def _commit_group(self, batch: list[_Pending], out: list[_Outcome],
+                      sync: bool | None) -> None:
         conn, w = self._wconn, self._writer
         assert conn is not None and w is not None
         if self.fenced is not None:
             err = self._fence_error()
-            for p in batch:
-                p.future.set_exception(err)
+            out.extend((p, None, err) for p in batch)
             return
         if self.disk_guard_refuses() and batch[0].request.type != RecordType.GENESIS:
             d = self._disk
@@ -843,15 +934,17 @@ class Engine:
                 f"filesystem, under the reserve of {self.config.disk_reserve_bytes} bytes",
                 hint="free space or grow the filesystem holding the WAL (see the disk-full "
                      "runbook); reads keep working")
-            for p in batch:
-                p.future.set_exception(err2)
+            out.extend((p, None, err2) for p in batch)
             return
         now = self.clock()
         ts = rfc3339(now)
         frames: list[tuple[int, int, bytes]] = []
         done: list[tuple[_Pending, WriteResult]] = []
         cap = min(limits.record_payload_bytes_max, w.record_capacity())
-        ctx = st.ApplyContext(buffer_rows=True)
+        # The open epoch and next assertion id carry over from the last group commit;
+        # any rollback drops them (they are re-read from SQLite).
+        ctx = self._ctx_cache or st.ApplyContext(buffer_rows=True)
+        self._ctx_cache = None
         conn.execute("BEGIN IMMEDIATE")
         try:
             for p in batch:
@@ -860,9 +953,9 @@ class Engine:
                     found = st.lookup_idempotency(conn, req.idempotency_key)
                     if found is not None:
                         if found[0] != req.body_sha256:
-                            p.future.set_exception(IdempotencyConflict(
+                            out.append((p, None, IdempotencyConflict(
                                 "this Idempotency-Key was used with a different request body",
-                                hint="use a new key for a new request"))
+                                hint="use a new key for a new request")))
                         else:
                             done.append((p, WriteResult(found[1], found[2],
                                                         int(found[2].get("lsn", 0)), True)))
@@ -873,11 +966,11 @@ class Engine:
                 if req.idempotency_key is not None:
                     payload["k"] = req.idempotency_key
                     payload["h"] = req.body_sha256
-                data = encode_json(payload).encode()
+                data = encode_json(payload)
                 if len(data) > cap:
-                    p.future.set_exception(TooLarge(
+                    out.append((p, None, TooLarge(
                         f"the record is {len(data)} bytes; the limit is {cap} bytes "
-                        f"(segment_size_bytes={self.config.segment_size_bytes})"))
+                        f"(segment_size_bytes={self.config.segment_size_bytes})")))
                     continue
                 mark = w.plan_mark()
                 lsn = w.plan(len(data))
@@ -912,7 +1005,7 @@ class Engine:
                     elif req.type != RecordType.VOTE:
                         raise  # cannot happen: fail the whole group rather than guess
                     w.plan_reset_to(mark)
-                    p.future.set_exception(exc)
+                    out.append((p, None, exc))
                     continue
                 frames.append((int(req.type), lsn, data))
                 done.append((p, WriteResult(status, body, lsn)))
@@ -921,15 +1014,15 @@ class Engine:
                 end = frames[-1][1] + frame_size(len(frames[-1][2]))
                 self.applied_records += len(frames)
                 st.set_applied(conn, end, frames[-1][1], self.applied_records)
-            if frames:
-                nbytes = sum(frame_size(len(f[2])) for f in frames)
+                nbytes = end - frames[0][1]
                 w.write(frames)
                 if sync or (sync is None and self.config.fsync == "always"):
                     self._timed_sync()
-                self.m.wal_bytes_written_total.inc(nbytes)
-                self.m.wal_records_written_total.inc(len(frames))
-                self.m.group_commit_batch_records.observe(len(frames))
-                self.m.group_commit_batch_bytes.observe(nbytes)
+                m = self.m
+                m.wal_bytes_written_total.inc(nbytes)
+                m.wal_records_written_total.inc(len(frames))
+                m.group_commit_batch_records.observe(len(frames))
+                m.group_commit_batch_bytes.observe(nbytes)
             conn.execute("COMMIT")
         except WalOpError as exc:
             self.applied_records -= len(frames)
@@ -942,10 +1035,7 @@ class Engine:
             self._fence(exc)
             err3 = self._fence_error()
             for p, r in done:
-                if r.idempotent_replay:
-                    p.future.set_result(r)
-                else:
-                    p.future.set_exception(err3)
+                out.append((p, r, None) if r.idempotent_replay else (p, None, err3))
             return
         except BaseException as exc:
             self.applied_records -= len(frames)
@@ -956,9 +1046,10 @@ class Engine:
                 # writer's position, so stop taking writes until a restart replays.
                 self._fence(WalOpError("apply", w.segment, OSError(5, str(exc))))
             raise
-        for p, r in done:
-            p.future.set_result(r)
-        self._update_wal_gauges()
+        self._ctx_cache = ctx
+        out.extend((p, r, None) for p, r in done)
+        if time.monotonic() - self._gauges_mono >= limits.wal_gauges_refresh_seconds:
+            self._update_wal_gauges()
 
     def _timed_sync(self) -> None:
         w = self._writer
@@ -1005,10 +1096,17 @@ class Engine:
                                            w.header.capacity_bytes))
         log.info("WAL rotated to %s", name)
 
+    def refresh_gauges(self) -> None:
+        """Bring the WAL position gauges up to date (the server calls it per scrape)."""
+        self._update_wal_gauges()
+
     def _update_wal_gauges(self) -> None:
+        """WAL position gauges: after rotations, checkpoints and hold changes, at most
+        every ``wal_gauges_refresh_seconds`` after writes, and at every scrape."""
         w = self._writer
         if w is None or w.header is None:
             return
+        self._gauges_mono = time.monotonic()
         end = w.end_lsn
         self.m.wal_end_lsn.set(end)
         self.m.wal_segments.set(len(self._segments))

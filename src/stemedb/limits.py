@@ -62,6 +62,9 @@ replay_read_bytes_max = 4 * MiB  # one read from a segment during replay
 replay_apply_records_max = 2048  # records applied per SQLite transaction during replay
 replay_apply_bytes_max = 8 * MiB  # record bytes applied per SQLite transaction during replay
 apply_rows_buffered_max = 4096  # assertion rows buffered before one executemany
+# WAL position gauges (end LSN, replay debt, hold lag) are refreshed at most this often
+# by the writer, and always on a scrape, a rotation, a checkpoint or a hold change.
+wal_gauges_refresh_seconds = 0.25
 replay_progress_interval_seconds = 2.0  # log line cadence during replay
 
 # --- process ------------------------------------------------------------------

@@ -10,10 +10,11 @@ LSN just past the last applied record) is written in the same transaction.
 from __future__ import annotations
 
 import hashlib
-import json
 import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from . import limits
 from .errors import NotFound, StemeError
@@ -116,8 +117,8 @@ def status_of(score: int) -> str:
 
 # -- the state transition ---------------------------------------------------------
 
-# One encoder, built once: json.dumps with non-default options builds a new one per call.
-_OBJECT_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+_SORT_KEYS = orjson.OPT_SORT_KEYS
+
 _INSERT_ASSERTION = ("INSERT INTO assertions(id, subject, predicate, object, author, confidence,"
                      " source, epoch, lsn, created_at) VALUES(?,?,?,?,?,?,?,?,?,?)")
 
@@ -191,12 +192,13 @@ def apply_record(conn: sqlite3.Connection, rtype: int, payload: dict[str, Any], 
     ops: list[dict[str, Any]] = payload["ops"]
     results: list[tuple[int, dict[str, Any]]] = []
     rows = c.rows
-    encode = _OBJECT_ENCODER.encode
+    dumps = orjson.dumps
     for op in ops:
         a = op.get("assert")
         if a is not None:
-            rows.append((c.next_id, a["subject"], a["predicate"], encode(a["object"]),
-                         a["author"], a.get("confidence"), a.get("source"), epoch, lsn, ts))
+            rows.append((c.next_id, a["subject"], a["predicate"],
+                         dumps(a["object"], option=_SORT_KEYS).decode(), a["author"],
+                         a.get("confidence"), a.get("source"), epoch, lsn, ts))
             results.append((201, {"id": c.next_id, "lsn": lsn, "epoch": epoch,
                                   "created_at": ts}))
             c.next_id += 1
@@ -265,7 +267,7 @@ def record_idempotency(conn: sqlite3.Connection, key: str, body_sha256: str, sta
                        response: dict[str, Any], lsn: int, created_unix: float) -> None:
     conn.execute("INSERT INTO idempotency(key, body_sha256, status, response, lsn, created_unix)"
                  " VALUES(?,?,?,?,?,?)", (key, body_sha256, status,
-                                          json.dumps(response, separators=(",", ":")), lsn,
+                                          orjson.dumps(response).decode(), lsn,
                                           created_unix))
 
 
@@ -275,7 +277,7 @@ def lookup_idempotency(conn: sqlite3.Connection, key: str
                        (key,)).fetchone()
     if row is None:
         return None
-    return row[0], int(row[1]), json.loads(row[2])
+    return row[0], int(row[1]), orjson.loads(row[2])
 
 
 # -- reads ------------------------------------------------------------------------
@@ -283,7 +285,7 @@ def lookup_idempotency(conn: sqlite3.Connection, key: str
 def _assertion_row(row: tuple[Any, ...]) -> dict[str, Any]:
     aid, subject, predicate, obj, author, confidence, source, epoch, lsn, created = row
     out: dict[str, Any] = {"id": aid, "subject": subject, "predicate": predicate,
-                           "object": json.loads(obj), "author": author, "epoch": epoch,
+                           "object": orjson.loads(obj), "author": author, "epoch": epoch,
                            "lsn": lsn, "created_at": created}
     if confidence is not None:
         out["confidence"] = confidence

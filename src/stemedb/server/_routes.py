@@ -77,6 +77,8 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     node = _node(request)
     # stemedb_ready must follow fencing and the disk guard even if nobody polls /readyz.
     node.refresh_ready()
+    if node.engine is not None:
+        node.engine.refresh_gauges()
     registry = node.m.registry
     loop = asyncio.get_running_loop()
     if "application/openmetrics-text" in request.headers.get("Accept", ""):
@@ -117,12 +119,14 @@ async def _write(request: web.Request, rtype: RecordType, ops: list[dict[str, An
     node.begin_write()
     try:
         try:
-            fut = node.engine.submit(WriteRequest(rtype, ops, idempotency_key=key,
-                                                  body_sha256=digest, prevalidated=True))
+            fut = node.engine.submit_async(WriteRequest(rtype, ops, idempotency_key=key,
+                                                        body_sha256=digest,
+                                                        prevalidated=True))
         except Unavailable as exc:
             raise map_unavailable(node, exc) from exc
         try:
-            result = await asyncio.wrap_future(fut)
+            # shield: a client that disconnects does not cancel a write in flight.
+            result = await asyncio.shield(fut)
         except Unavailable as exc:
             raise map_unavailable(node, exc) from exc
     finally:

@@ -195,6 +195,7 @@ def run_seed(seed: int, workdir: str, *, fsync: str = "always") -> SimResult:
             eng._commit(pendings)
             eng._periodic()
             for req, pend in zip(group, pendings, strict=True):
+                assert pend.future is not None
                 exc = pend.future.exception()
                 if exc is None:
                     res = pend.future.result()

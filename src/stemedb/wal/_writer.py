@@ -136,15 +136,18 @@ class WalWriter:
         """Append (type, lsn, payload) frames at their planned LSNs; no fsync."""
         assert self.header is not None and self._file is not None
         pending: list[bytes] = []
+        want = self.header.base_lsn + self.offset
         for rtype, lsn, payload in frames:
             if lsn >= self.header.end_lsn:
                 self._flush(pending)
                 pending = []
                 self.rotate()
-            want = self.header.base_lsn + self.offset + sum(len(p) for p in pending)
+                want = self.header.base_lsn + self.offset
             if lsn != want:
                 raise AssertionError(f"planned LSN {lsn} but the log is at {want}")
-            pending.append(encode_frame(rtype, lsn, payload))
+            frame = encode_frame(rtype, lsn, payload)
+            pending.append(frame)
+            want += len(frame)
         self._flush(pending)
         self._reset_plan()
 
