@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from aiohttp import web
 
@@ -33,6 +34,8 @@ _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                413: "body_too_large", 415: "unsupported_media_type"}
 SCOPES_KEY: web.AppKey[dict[tuple[str, str], str | None]] = web.AppKey("stemedb_scopes", dict)
 AUTH_KEY: web.AppKey[Authenticator] = web.AppKey("stemedb_auth", Authenticator)
+SERIES_KEY: web.AppKey[dict[tuple[str, str, int], tuple[Any, Any]]] = web.AppKey(
+    "stemedb_http_series", dict)
 
 
 def _http_exception_response(exc: web.HTTPException) -> web.Response:
@@ -72,10 +75,18 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     if log.isEnabledFor(logging.DEBUG):  # an access log at --log-level debug; no headers
         log.debug("%s %s -> %d in %.1f ms", request.method, template, resp.status,
                   elapsed * 1000)
-    node.m.http_requests_total.labels(route=template, method=method,
-                                      status=str(resp.status)).inc()
-    node.m.http_request_duration_seconds.labels(route=template, method=method
-                                                ).observe(elapsed)
+    # The labelled children are looked up once per (route, method, status): labels()
+    # takes a lock and builds a key on every call.  Bounded: routes x methods x codes.
+    series = request.app[SERIES_KEY]
+    key = (template, method, resp.status)
+    children = series.get(key)
+    if children is None:
+        children = series[key] = (
+            node.m.http_requests_total.labels(route=template, method=method,
+                                              status=str(resp.status)),
+            node.m.http_request_duration_seconds.labels(route=template, method=method))
+    children[0].inc()
+    children[1].observe(elapsed)
     return resp
 
 
@@ -86,6 +97,7 @@ def build_app(node: Node) -> web.Application:
     app[NODE_KEY] = node
     app[AUTH_KEY] = auth
     app[SCOPES_KEY] = {(r.method, r.path): r.scope for r in ROUTES}
+    app[SERIES_KEY] = {}
     app[OPENAPI_KEY] = dumps(openapi_document(auth_enabled=auth.enabled,
                                               body_bytes_max=node.body_bytes_max))
     for r in ROUTES:

@@ -24,6 +24,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from .. import limits
@@ -37,8 +38,9 @@ _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]+")
 
 
 def dumps(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"),
-                      allow_nan=False).encode("utf-8")
+    """Compact UTF-8 JSON (orjson).  Responses hold no NaN (they are built from
+    validated input and SQLite integers), which orjson would write as null."""
+    return orjson.dumps(value)
 
 
 def json_response(value: Any, status: int = 200,
@@ -107,13 +109,6 @@ def _reject_constant(name: str) -> Any:
     raise InvalidInput(f"{name} is not a JSON number", code="invalid_number")
 
 
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise InvalidInput(f"the number {text[:40]} is out of range", code="invalid_number")
-    return value
-
-
 def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out = dict(pairs)
     if len(out) != len(pairs):
@@ -126,15 +121,17 @@ def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _check_strings(value: Any) -> None:
-    """Lone surrogates (``"\\ud800"``) decode to text that is not UTF-8: refuse them.
+def _check_values(value: Any) -> None:
+    """Refuse what the decoder lets through: lone surrogates (``"\\ud800"`` decodes
+    to text that is not UTF-8) and numbers too large for a double (``1e400``).
 
     Iterative, so a deep document cannot exhaust the stack; bounded by the body size.
     """
     stack = [value]
     while stack:
         v = stack.pop()
-        if isinstance(v, str):
+        t = type(v)
+        if t is str:
             if not v.isascii():
                 try:
                     v.encode("utf-8")
@@ -142,11 +139,19 @@ def _check_strings(value: Any) -> None:
                     raise InvalidInput("a string holds an unpaired UTF-16 surrogate escape; "
                                        "it is not valid Unicode", code="invalid_utf8"
                                        ) from exc
-        elif isinstance(v, dict):
+        elif t is dict:
             stack.extend(v.keys())
             stack.extend(v.values())
-        elif isinstance(v, list):
+        elif t is list:
             stack.extend(v)
+        elif t is float and not math.isfinite(v):
+            raise InvalidInput("a number is out of range", code="invalid_number")
+
+
+# One decoder for every request (building one per call costs more than a small parse).
+# Python's decoder, not orjson's: it keeps integers of any size exact, and the pairs
+# hook sees duplicate keys.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_object_pairs)
 
 
 def parse_json(raw: bytes) -> Any:
@@ -156,8 +161,7 @@ def parse_json(raw: bytes) -> Any:
         raise InvalidInput(f"the body is not valid UTF-8 (byte {exc.start})",
                            code="invalid_utf8") from exc
     try:
-        value = json.loads(text, parse_constant=_reject_constant, parse_float=_parse_float,
-                           object_pairs_hook=_object_pairs)
+        value = _DECODER.decode(text)
     except RecursionError as exc:
         raise InvalidInput(f"the JSON nests deeper than {limits.json_depth_max} levels",
                            code="too_deep") from exc
@@ -166,7 +170,7 @@ def parse_json(raw: bytes) -> Any:
                            f"{exc.colno}", code="malformed_json") from exc
     except ValueError as exc:  # e.g. an integer with more digits than Python converts
         raise InvalidInput(f"malformed JSON: {exc}", code="invalid_number") from exc
-    _check_strings(value)
+    _check_values(value)
     return value
 
 
