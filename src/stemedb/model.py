@@ -30,10 +30,14 @@ def _text(obj: dict[str, Any], key: str, max_bytes: int, *, required: bool = Tru
     if not isinstance(v, str):
         raise InvalidInput(f"{where}{key} must be a string, got {type(v).__name__}",
                            code="invalid_type")
-    try:
-        n = len(v.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise InvalidInput(f"{where}{key} is not valid UTF-8", code="invalid_utf8") from exc
+    if v.isascii():  # one byte per character: no need to encode
+        n = len(v)
+    else:
+        try:
+            n = len(v.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(f"{where}{key} is not valid UTF-8", code="invalid_utf8"
+                               ) from exc
     if n < min_bytes:
         raise InvalidInput(f"{where}{key} must not be empty", code="too_short")
     if n > max_bytes:
@@ -47,6 +51,9 @@ def check_json_value(value: Any, depth: int = 0) -> None:
     if depth > limits.json_depth_max:
         raise InvalidInput(f"object nests deeper than {limits.json_depth_max} levels",
                            code="too_deep")
+    t = type(value)
+    if t is str or t is int or t is bool or value is None:  # the common leaves first
+        return
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidInput("NaN and Infinity are not JSON", code="invalid_number")
     if isinstance(value, dict):
@@ -71,8 +78,10 @@ def encode_json(value: Any) -> bytes:
     try:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError as exc:
-        raise InvalidInput(f"value cannot be encoded as JSON: {exc}",
-                           code="invalid_number") from exc
+        reason = str(exc)
+        code = "invalid_utf8" if "surrogate" in reason or "UTF-8" in reason \
+            else "invalid_number" if "Integer" in reason else "invalid_type"
+        raise InvalidInput(f"value cannot be encoded as JSON: {reason}", code=code) from exc
 
 
 def validate_assertion(obj: Any, where: str = "") -> dict[str, Any]:

@@ -121,9 +121,15 @@ def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _check_values(value: Any) -> None:
-    """Refuse what the decoder lets through: lone surrogates (``"\\ud800"`` decodes
-    to text that is not UTF-8) and numbers too large for a double (``1e400``).
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidInput(f"the number {text[:40]} is out of range", code="invalid_number")
+    return value
+
+
+def _check_strings(value: Any) -> None:
+    """Lone surrogates (``"\\ud800"``) decode to text that is not UTF-8: refuse them.
 
     Iterative, so a deep document cannot exhaust the stack; bounded by the body size.
     """
@@ -144,14 +150,13 @@ def _check_values(value: Any) -> None:
             stack.extend(v.values())
         elif t is list:
             stack.extend(v)
-        elif t is float and not math.isfinite(v):
-            raise InvalidInput("a number is out of range", code="invalid_number")
 
 
 # One decoder for every request (building one per call costs more than a small parse).
 # Python's decoder, not orjson's: it keeps integers of any size exact, and the pairs
 # hook sees duplicate keys.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_object_pairs)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float,
+                            object_pairs_hook=_object_pairs)
 
 
 def parse_json(raw: bytes) -> Any:
@@ -170,8 +175,10 @@ def parse_json(raw: bytes) -> Any:
                            f"{exc.colno}", code="malformed_json") from exc
     except ValueError as exc:  # e.g. an integer with more digits than Python converts
         raise InvalidInput(f"malformed JSON: {exc}", code="invalid_number") from exc
-    _check_values(value)
+    if b"\\u" in raw:  # only an escape can decode to a lone surrogate
+        _check_strings(value)
     return value
+
 
 
 # -- query and path -----------------------------------------------------------------
