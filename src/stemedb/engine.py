@@ -48,6 +48,7 @@ from .errors import (
 )
 from .metrics import Metrics
 from .model import encode_json, validate_assertion, validate_batch, validate_vote
+from .readers import ReaderPool
 from .storage import DiskUsage, FileSystem, OsFileSystem
 from .wal import (
     PREALLOC_NAME,
@@ -331,10 +332,7 @@ class Engine:
         self._writer_host = writer_host
         self._writer_started = False
         self._writer_done = threading.Event()
-        self._readers: cf.ThreadPoolExecutor | None = None
-        self._local = threading.local()
-        self._reader_conns: list[sqlite3.Connection] = []
-        self._reader_lock = threading.Lock()
+        self._readers: ReaderPool | None = None
         self._segments: list[_SegMeta] = []
         self._holds: dict[str, int] = {}
         self._hold_advanced: dict[str, float] = {}
@@ -701,8 +699,8 @@ class Engine:
                 self._thread = threading.Thread(target=self._run_writer,
                                                 name="stemedb-writer", daemon=True)
                 self._thread.start()
-        self._readers = cf.ThreadPoolExecutor(max_workers=self.config.reader_threads,
-                                              thread_name_prefix="stemedb-reader")
+        self._readers = ReaderPool(lambda: st.connect(self.db_path, readonly=True),
+                                   self.config.reader_threads, limits.read_batch_max)
 
     def drain(self, timeout_seconds: float = limits.http_drain_grace_seconds) -> None:
         """Stop taking writes, finish those queued, checkpoint."""
@@ -726,9 +724,7 @@ class Engine:
                 self._checkpoint()
         self.closed = True
         if self._readers is not None:
-            self._readers.shutdown(wait=True)
-        for c in self._reader_conns:
-            c.close()
+            self._readers.shutdown(timeout_seconds)
         if self._writer is not None:
             self._writer.close()
         if self._wconn is not None:
@@ -1245,20 +1241,18 @@ class Engine:
                 for n, lsn in list(self._holds.items())}
 
     # ------------------------------------------------------------------ reads -----
-    def _reader_conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = st.connect(self.db_path, readonly=True)
-            self._local.conn = conn
-            with self._reader_lock:
-                self._reader_conns.append(conn)
-        return conn
-
     def read(self, fn: Callable[[sqlite3.Connection], T]) -> cf.Future[T]:
         """Run ``fn(conn)`` on one of the engine's reader threads."""
         if self._readers is None:
             raise Closed("the engine is not started")
-        return self._readers.submit(lambda: fn(self._reader_conn()))
+        return self._readers.submit(fn)
+
+    def read_async(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """:meth:`read` for a coroutine: a future of the running loop, settled together
+        with the other reads a reader thread took in the same wake-up."""
+        if self._readers is None:
+            raise Closed("the engine is not started")
+        return self._readers.submit_async(fn)
 
     def read_now(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` on the calling thread (for tools and tests; not the event loop)."""

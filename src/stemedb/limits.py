@@ -72,6 +72,7 @@ gil_switch_interval_seconds = 0.001  # sys.setswitchinterval in `stemedb serve`
 
 # --- reads ----------------------------------------------------------------------
 reader_threads = 4  # SQLite read connections owned by the engine
+read_batch_max = 64  # reads one reader thread takes per wake-up
 
 # --- HTTP server and client (stemedb.server, stemedb.client) --------------------
 http_id_max = 2**63 - 1  # assertion ids and epoch numbers fit SQLite's signed 64-bit integer

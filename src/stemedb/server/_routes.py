@@ -189,10 +189,10 @@ async def _read(request: web.Request, fn: Callable[[Any], dict[str, Any]]
     node = _node(request)
     node.check_readable()
     try:
-        fut = node.engine.read(fn)
+        fut = node.engine.read_async(fn)
     except Unavailable as exc:
         raise map_unavailable(node, exc) from exc
-    return json_response(await asyncio.wrap_future(fut))
+    return json_response(await fut)
 
 
 async def get_assertion(request: web.Request) -> web.StreamResponse:

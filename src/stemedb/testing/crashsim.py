@@ -217,7 +217,7 @@ def run_seed(seed: int, workdir: str, *, fsync: str = "always") -> SimResult:
         if eng._wconn is not None:
             eng._wconn.close()
         if eng._readers is not None:
-            eng._readers.shutdown()
+            eng._readers.shutdown(5.0)
     # Power loss: the file system as found after the crash, SQLite at a random commit
     # point at or after its last durable checkpoint (or where it was).
     fs2 = fs.crash_image(random.Random(seed * 7919 + 1))
