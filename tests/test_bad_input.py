@@ -89,6 +89,12 @@ CASES = [
     Case("integer_too_long", "POST", A,
          b'{"subject":"s","predicate":"p","author":"a","object":' + b"9" * 5000 + b"}",
          400, "invalid_number"),
+    Case("integer_beyond_64_bits", "POST", A,
+         b'{"subject":"s","predicate":"p","author":"a","object":{"n":' + str(2**64).encode()
+         + b"}}", 400, "invalid_number"),
+    Case("batch_integer_beyond_64_bits", "POST", "/v1/batch",
+         b'{"ops":[{"assert":{"subject":"s","predicate":"p","author":"a","object":'
+         + str(-2**63 - 1).encode() + b"}}]}", 400, "invalid_number"),
     Case("invalid_utf8", "POST", A, b'{"subject":"\xff\xfe","predicate":"p","object":1,'
          b'"author":"a"}', 400, "invalid_utf8"),
     Case("lone_surrogate_in_object", "POST", A, _raw(_ok(object={"k": "\ud800"})), 400,
