@@ -322,7 +322,8 @@ class Engine:
         self._on_checkpoint_durable = on_checkpoint_durable
         self._writer: WalWriter | None = None
         self._wconn: sqlite3.Connection | None = None
-        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
+        # SimpleQueue: put and get are C calls, no Python-level Condition per request.
+        self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._queued = 0
         self._queued_lock = threading.Lock()
         self._thread: threading.Thread | None = None
