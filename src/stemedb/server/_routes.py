@@ -107,6 +107,12 @@ async def _no_body(request: web.Request) -> bytes:
 
 # -- writes -----------------------------------------------------------------------
 
+def _write_settled(node: Node, fut: asyncio.Future[Any]) -> None:
+    node.end_write()
+    if not fut.cancelled():
+        fut.exception()  # retrieved: a write whose client left is not an unhandled error
+
+
 async def _write(request: web.Request, rtype: RecordType, ops: list[dict[str, Any]],
                  raw: bytes) -> web.StreamResponse:
     node = _node(request)
@@ -114,23 +120,22 @@ async def _write(request: web.Request, rtype: RecordType, ops: list[dict[str, An
     key = idempotency_key(request)
     # The digest covers the route as well as the body: one key reused on another
     # route (another assertion's vote, say) is a conflict, not a replay.
-    digest = hashlib.sha256(f"{request.method} {request.path}\n".encode("utf-8", "replace")
-                            + raw).hexdigest()
-    node.begin_write()
+    digest = None if key is None else hashlib.sha256(
+        f"{request.method} {request.path}\n".encode("utf-8", "replace") + raw).hexdigest()
     try:
-        try:
-            fut = node.engine.submit_async(WriteRequest(rtype, ops, idempotency_key=key,
-                                                        body_sha256=digest,
-                                                        prevalidated=True))
-        except Unavailable as exc:
-            raise map_unavailable(node, exc) from exc
-        try:
-            # shield: a client that disconnects does not cancel a write in flight.
-            result = await asyncio.shield(fut)
-        except Unavailable as exc:
-            raise map_unavailable(node, exc) from exc
-    finally:
-        node.end_write()
+        fut = node.engine.submit_async(WriteRequest(rtype, ops, idempotency_key=key,
+                                                    body_sha256=digest, prevalidated=True))
+    except Unavailable as exc:
+        raise map_unavailable(node, exc) from exc
+    # In flight until the engine settles it, even if the client goes away meanwhile:
+    # drain waits for that.  The callback also retrieves an outcome nobody awaits.
+    node.begin_write()
+    fut.add_done_callback(lambda f: _write_settled(node, f))
+    try:
+        # shield: a client that disconnects does not cancel a write in flight.
+        result = await asyncio.shield(fut)
+    except Unavailable as exc:
+        raise map_unavailable(node, exc) from exc
     headers = {"Idempotent-Replayed": "true"} if result.idempotent_replay else None
     return json_response(result.body, result.status, headers)
 
