@@ -33,7 +33,7 @@ from stemedb import limits
 from stemedb import state as st
 from stemedb.engine import Engine, EngineConfig, WriteRequest, body_digest, parse_rfc3339
 from stemedb.storage import OsFileSystem
-from stemedb.wal import RecordType, SegmentScanner, load_chain
+from stemedb.wal import RecordType, SegmentScanner, load_chain, unpadded_len
 
 CHECKPOINTS_OFF: dict[str, Any] = {"checkpoint_wal_bytes": 10**15,
                                    "replay_budget_seconds": 1e9,
@@ -318,3 +318,16 @@ def test_parse_rfc3339_equals_strptime() -> None:
             parse_rfc3339(bad)
     assert parse_rfc3339("2026-11-25T21:12:06.5Z") == _reference_parse(
         "2026-11-25T21:12:06.5Z")
+
+
+def test_unpadded_len_equals_rstrip() -> None:
+    rng = random.Random(9)
+    for n in (0, 1, 7, 65535, 65536, 65537, 200_001, 4 * 1024 * 1024):
+        for _ in range(12):
+            b = bytearray(n)
+            for _ in range(rng.randrange(3)):
+                if n:
+                    b[rng.randrange(n)] = rng.randrange(1, 256)
+            if n and rng.random() < 0.2:
+                b[-1] = 1
+            assert unpadded_len(bytes(b)) == len(bytes(b).rstrip(b"\0")), n

@@ -52,7 +52,7 @@ from .storage import DiskUsage, FileSystem, OsFileSystem
 from .wal import (
     PREALLOC_NAME,
     SEGMENT_HEADER_SIZE,
-    Record,
+    Frame,
     RecordType,
     SegmentHeader,
     SegmentScanner,
@@ -62,6 +62,7 @@ from .wal import (
     is_zero,
     load_chain,
     segment_name,
+    unpadded_len,
 )
 
 log = logging.getLogger("stemedb.engine")
@@ -519,23 +520,16 @@ class Engine:
             is_last = i == len(segs) - 1
             off = (start - s.header.base_lsn) if i == idx else SEGMENT_HEADER_SIZE
             with SegmentScanner(self.fs, s.path) as sc:
-                buf: list[Record] = []
-                buf_bytes = 0
-                for rec in sc.records(off):
-                    buf.append(rec)
-                    buf_bytes += len(rec.payload)
-                    if (len(buf) >= limits.replay_apply_records_max
-                            or buf_bytes >= limits.replay_apply_bytes_max):
-                        self._replay_apply(buf, report)
-                        buf, buf_bytes = [], 0
-                        now = time.monotonic()
-                        self._report_progress(report, start, progress)
-                        if now - last_log >= limits.replay_progress_interval_seconds:
-                            last_log = now
-                            log.info("replaying WAL: %d/%d bytes, %d records, ETA %s s",
-                                     self.progress.bytes_done, self.progress.bytes_total,
-                                     report.records, self.progress.eta_seconds)
-                self._replay_apply(buf, report)
+                for frames in sc.batches(off, limits.replay_apply_records_max,
+                                         limits.replay_apply_bytes_max):
+                    self._replay_apply(frames, s.name, report)
+                    now = time.monotonic()
+                    self._report_progress(report, start, progress)
+                    if now - last_log >= limits.replay_progress_interval_seconds:
+                        last_log = now
+                        log.info("replaying WAL: %d/%d bytes, %d records, ETA %s s",
+                                 self.progress.bytes_done, self.progress.bytes_total,
+                                 report.records, self.progress.eta_seconds)
                 self._report_progress(report, start, progress)
                 tail_header, tail_offset = s.header, max(sc.end_offset, off)
                 if sc.damage is not None:
@@ -636,7 +630,7 @@ class Engine:
                 lo = max(SEGMENT_HEADER_SIZE, pos - step)
                 chunk = f.pread(pos - lo, lo)
                 if not is_zero(chunk):
-                    return header.base_lsn + lo + len(chunk.rstrip(b"\0"))
+                    return header.base_lsn + lo + unpadded_len(chunk)
                 pos = lo
             return header.base_lsn + SEGMENT_HEADER_SIZE
         finally:
@@ -655,7 +649,8 @@ class Engine:
         if cb is not None:
             cb(p)
 
-    def _replay_apply(self, recs: list[Record], report: RecoveryReport) -> None:
+    def _replay_apply(self, frames: list[Frame], segment: str, report: RecoveryReport
+                      ) -> None:
         """Apply consecutive records of one segment in one SQLite transaction.
 
         Every record goes through :func:`stemedb.state.apply_record`, except an ASSERT
@@ -665,7 +660,7 @@ class Engine:
         replay leaves a state identical, table by table, to one built through
         apply_record alone.
         """
-        if not recs:
+        if not frames:
             return
         conn = self._wconn
         assert conn is not None
@@ -678,10 +673,10 @@ class Engine:
         rows = ctx.rows
         idem: list[tuple[str, str, int, str, int, float]] = []
         try:
-            for rec in recs:
-                payload = loads(rec.payload)
+            for lsn, rtype, data, offset in frames:
+                payload = loads(data)
                 a = None
-                if rec.type == assert_type:
+                if rtype == assert_type:
                     ops = payload["ops"]
                     if len(ops) == 1:
                         a = ops[0].get("assert")
@@ -689,7 +684,7 @@ class Engine:
                     # apply_record's assert branch for a one-assertion ASSERT record.
                     if not ctx.epoch:
                         ctx.load(conn)
-                    aid, epoch, lsn, ts = ctx.next_id, ctx.epoch, rec.lsn, payload["t"]
+                    aid, epoch, ts = ctx.next_id, ctx.epoch, payload["t"]
                     rows.append((aid, a["subject"], a["predicate"],
                                  dumps(a["object"], option=sort_keys).decode(), a["author"],
                                  a.get("confidence"), a.get("source"), epoch, lsn, ts))
@@ -704,33 +699,34 @@ class Engine:
                         ).decode(), lsn, parse_rfc3339(ts)))
                     continue
                 try:
-                    status, body = st.apply_record(conn, rec.type, payload, rec.lsn, ctx)
+                    status, body = st.apply_record(conn, rtype, payload, lsn, ctx)
                 except StemeError as exc:
-                    raise CorruptionError(rec.segment, rec.offset,
-                                          f"record at LSN {rec.lsn} does not apply to the "
-                                          f"state: {exc}", lsn=rec.lsn,
+                    raise CorruptionError(segment, offset,
+                                          f"record at LSN {lsn} does not apply to the "
+                                          f"state: {exc}", lsn=lsn,
                                           kind="corrupt_record") from exc
                 rows = ctx.rows  # apply_record may have flushed (and replaced) the buffer
                 key = payload.get("k")
                 if key:
-                    idem.append((key, payload["h"], status, dumps(body).decode(), rec.lsn,
+                    idem.append((key, payload["h"], status, dumps(body).decode(), lsn,
                                  parse_rfc3339(payload["t"])))
             ctx.flush(conn)
             if idem:
                 # In record order, so a key seen twice keeps its last record's response.
                 st.replace_idempotency(conn, idem)
-            applied = self.applied_records + len(recs)
-            last = recs[-1]
-            st.set_applied(conn, last.end_lsn, last.lsn, applied)
+            applied = self.applied_records + len(frames)
+            last_lsn = frames[-1][0]
+            end_lsn = last_lsn + frame_size(len(frames[-1][2]))
+            st.set_applied(conn, end_lsn, last_lsn, applied)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         self.applied_records = applied
-        # The records of one call are consecutive frames of one segment.
-        report.bytes += recs[-1].end_lsn - recs[0].lsn
-        report.records += len(recs)
-        self.m.replay_records_total.inc(len(recs))
+        # The frames of one call are consecutive in one segment.
+        report.bytes += end_lsn - frames[0][0]
+        report.records += len(frames)
+        self.m.replay_records_total.inc(len(frames))
 
     def _cut_torn_tail(self, path: str, name: str, off: int, reason: str,
                        sc: SegmentScanner) -> dict[str, Any]:
