@@ -240,17 +240,21 @@ class SegmentScanner:
         read_max = self._read_bytes_max
         hsize = FRAME_HEADER_SIZE
         zero_pads = _ZERO_PADS
+        align_mask = FRAME_ALIGN - 1
         batch: list[Frame] = []
         batch_bytes = 0
+        nbuf = 0
         while True:
-            if off + hsize > limit:
-                nz = self._nonzero_after(off)
-                if nz is not None:
-                    self._mark_damage(off, f"{limit - off} stray bytes after the last record")
-                break
             rel = off - buf_off
-            nbuf = len(buf)
             if rel + hsize > nbuf:
+                # (The buffer never reaches past the limit, so a frame header that
+                # does not fit before the limit always lands here.)
+                if off + hsize > limit:
+                    nz = self._nonzero_after(off)
+                    if nz is not None:
+                        self._mark_damage(off, f"{limit - off} stray bytes after the last "
+                                               "record")
+                    break
                 buf = self._file.pread(min(read_max, limit - off), off)
                 buf_off, rel = off, 0
                 nbuf = len(buf)
@@ -272,13 +276,11 @@ class SegmentScanner:
                 self._mark_damage(off, reason)
                 break
             end = rel + hsize + length
-            size = (hsize + length + FRAME_ALIGN - 1) & ~(FRAME_ALIGN - 1)
-            npad = size - hsize - length
+            npad = -length & align_mask  # hsize is a multiple of the alignment
             if end <= nbuf:
                 if crc_of(buf[rel + 4:end]) != crc:
                     self._mark_damage(off, "checksum mismatch")
                     break
-                payload = buf[rel + hsize:end]
                 # The checksum does not cover the padding to the next 8-byte boundary:
                 # the writer always pads with zeros, so anything else there is damage.
                 # (Padding cut off by the end of the buffer is checked as far as read.)
@@ -286,6 +288,7 @@ class SegmentScanner:
                         buf[end:end + npad].strip(b"\0")):
                     self._mark_damage(off, "non-zero padding after the record")
                     break
+                batch.append((lsn, rtype, buf[rel + hsize:end], off))
             else:
                 payload = self._file.pread(length, off + hsize)
                 if len(payload) < length:
@@ -298,14 +301,15 @@ class SegmentScanner:
                 if pad.strip(b"\0"):
                     self._mark_damage(off, "non-zero padding after the record")
                     break
-            batch.append((lsn, rtype, payload, off))
-            off += size
-            self.end_offset = off
+                batch.append((lsn, rtype, payload, off))
+            off += hsize + length + npad
             batch_bytes += length
-            if len(batch) >= max_records or batch_bytes >= max_bytes:
+            if batch_bytes >= max_bytes or len(batch) >= max_records:
+                self.end_offset = off
                 yield batch
                 batch = []
                 batch_bytes = 0
+        self.end_offset = off
         if batch:
             yield batch
 
