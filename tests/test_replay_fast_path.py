@@ -331,3 +331,34 @@ def test_unpadded_len_equals_rstrip() -> None:
             if n and rng.random() < 0.2:
                 b[-1] = 1
             assert unpadded_len(bytes(b)) == len(bytes(b).rstrip(b"\0")), n
+
+
+def test_assertion_rows_insert_as_one_row_per_statement_would(tmp_path: Path) -> None:
+    """Runs by None-pattern, NULL literals and multi-row statements: same table."""
+    rng = random.Random(3)
+    fast = st.connect(str(tmp_path / "fast.sqlite3"))
+    plain = st.connect(str(tmp_path / "plain.sqlite3"))
+    next_id = 1
+    for n in (2, 15, 16, 17, 33, 100, 1, 250):
+        for homogeneous in (True, False):
+            rows: list[tuple[Any, ...]] = []
+            for _ in range(n):
+                shape = 3 if homogeneous else rng.randrange(4)
+                if rows and not homogeneous and rng.random() < 0.8:  # runs of one shape
+                    shape = (rows[-1][5] is None) + 2 * (rows[-1][6] is None)
+                rows.append((next_id, f"s{rng.randrange(9)}", "p", orjson.dumps(
+                    rng.random()).decode(), "a", None if shape & 1 else rng.random(),
+                    None if shape & 2 else "src", 1, next_id * 8, "t"))
+                next_id += 1
+            for conn, insert in ((fast, st._insert_assertions),
+                                 (plain, lambda c, r: c.executemany(st._INSERT_ASSERTION, r))):
+                conn.execute("BEGIN")
+                insert(conn, rows)
+                conn.execute("COMMIT")
+    fast.close()
+    plain.close()
+    got = _tables(tmp_path / "fast.sqlite3")["assertions"]
+    assert got == _tables(tmp_path / "plain.sqlite3")["assertions"]
+    assert len(got) == next_id - 1
+    assert {(r[5] is None, r[6] is None) for r in got} == {(a, b) for a in (0, 1)
+                                                           for b in (0, 1)}

@@ -675,29 +675,27 @@ class Engine:
         try:
             for lsn, rtype, data, offset in frames:
                 payload = loads(data)
-                a = None
                 if rtype == assert_type:
                     ops = payload["ops"]
-                    if len(ops) == 1:
-                        a = ops[0].get("assert")
-                if a is not None:
-                    # apply_record's assert branch for a one-assertion ASSERT record.
-                    if not ctx.epoch:
-                        ctx.load(conn)
-                    aid, epoch, ts = ctx.next_id, ctx.epoch, payload["t"]
-                    rows.append((aid, a["subject"], a["predicate"],
-                                 dumps(a["object"], option=sort_keys).decode(), a["author"],
-                                 a.get("confidence"), a.get("source"), epoch, lsn, ts))
-                    ctx.next_id = aid + 1
-                    if len(rows) >= rows_max:
-                        ctx.flush_rows(conn)
-                        rows = ctx.rows
-                    key = payload.get("k")
-                    if key:
-                        idem.append((key, payload["h"], 201, dumps(
-                            {"id": aid, "lsn": lsn, "epoch": epoch, "created_at": ts}
-                        ).decode(), lsn, parse_rfc3339(ts)))
-                    continue
+                    if len(ops) == 1 and (a := ops[0].get("assert")) is not None:
+                        # apply_record's assert branch for a one-assertion ASSERT record.
+                        if not ctx.epoch:
+                            ctx.load(conn)
+                        aid, epoch, ts = ctx.next_id, ctx.epoch, payload["t"]
+                        rows.append((aid, a["subject"], a["predicate"],
+                                     dumps(a["object"], option=sort_keys).decode(),
+                                     a["author"], a.get("confidence"), a.get("source"),
+                                     epoch, lsn, ts))
+                        ctx.next_id = aid + 1
+                        if len(rows) >= rows_max:
+                            ctx.flush_rows(conn)
+                            rows = ctx.rows
+                        key = payload.get("k")
+                        if key:
+                            idem.append((key, payload["h"], 201, dumps(
+                                {"id": aid, "lsn": lsn, "epoch": epoch, "created_at": ts}
+                            ).decode(), lsn, parse_rfc3339(ts)))
+                        continue
                 try:
                     status, body = st.apply_record(conn, rtype, payload, lsn, ctx)
                 except StemeError as exc:
