@@ -508,7 +508,8 @@ class Engine:
             report.seconds = time.monotonic() - t0
             self._update_wal_gauges()
             return report
-        total = max(0, self._estimate_end(last.path, last.header) - start)
+        data_end = self._estimate_end(last.path, last.header)
+        total = max(0, data_end - start)
         self.progress = ReplayProgress("replaying", 0, total, 0, t0)
         self.m.replay_bytes_total.set(total)
         tail_header, tail_offset = segs[idx].header, start - segs[idx].header.base_lsn  # type: ignore[union-attr]
@@ -519,7 +520,8 @@ class Engine:
             assert s.header is not None
             is_last = i == len(segs) - 1
             off = (start - s.header.base_lsn) if i == idx else SEGMENT_HEADER_SIZE
-            with SegmentScanner(self.fs, s.path) as sc:
+            zeros_from = data_end - s.header.base_lsn if is_last else None
+            with SegmentScanner(self.fs, s.path, zeros_from=zeros_from) as sc:
                 for frames in sc.batches(off, limits.replay_apply_records_max,
                                          limits.replay_apply_bytes_max):
                     self._replay_apply(frames, s.name, report)

@@ -112,7 +112,12 @@ class SegmentScanner:
     """
 
     def __init__(self, fs: FileSystem, path: str, *,
-                 read_bytes_max: int = limits.replay_read_bytes_max) -> None:
+                 read_bytes_max: int = limits.replay_read_bytes_max,
+                 zeros_from: int | None = None) -> None:
+        """``zeros_from``: an offset from which the caller has just read the segment
+        and found only zeros (recovery finds where the last segment's data ends before
+        it replays it), so the search for data after the last record stops there
+        instead of reading the preallocated tail a second time."""
         self.path = path
         self.name = os.path.basename(path)
         self._read_bytes_max = read_bytes_max
@@ -125,6 +130,8 @@ class SegmentScanner:
             self._file.close()
             raise HeaderError(self.name, str(exc), all_zero=not raw.strip(b"\0")) from exc
         self.limit = min(self.file_size, self.header.capacity_bytes)
+        self._zeros_from = self.limit if zeros_from is None else max(
+            SEGMENT_HEADER_SIZE, min(self.limit, zeros_from))
         self.end_offset = SEGMENT_HEADER_SIZE
         self.damage: tuple[int, str, bool] | None = None
 
@@ -191,8 +198,9 @@ class SegmentScanner:
 
     def _nonzero_after(self, off: int) -> int | None:
         pos = off
-        while pos < self.limit:
-            chunk = self._file.pread(min(self._read_bytes_max, self.limit - pos), pos)
+        end = self._zeros_from  # all zeros from there to the limit
+        while pos < end:
+            chunk = self._file.pread(min(self._read_bytes_max, end - pos), pos)
             if not chunk:
                 return None
             if not is_zero(chunk):
