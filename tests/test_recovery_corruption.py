@@ -122,6 +122,14 @@ def zeroed_page(wal: Path, recs: list[Rec]) -> int:
     return first.lsn
 
 
+def stray_byte_in_preallocated_tail(wal: Path, recs: list[Rec]) -> int:
+    """Non-zero data far past the last record, in the zeros of the preallocated tail
+    (recovery reads that tail twice: to size the replay, then after the last record)."""
+    seg = wal / _segments(recs)[-1]
+    _patch(seg, seg.stat().st_size - 100, b"\x01")
+    return recs[-1].lsn + 1  # every record survives
+
+
 def bitflip_middle_segment(wal: Path, recs: list[Rec]) -> int:
     r = _middle_seg_rec(recs)
     with open(wal / r.segment, "r+b") as f:
@@ -153,6 +161,8 @@ CASES: list[tuple[str, Damage, str, str]] = [
     ("bad length", bad_length_middle, "absolute", "corrupt_record"),
     ("zeroed page", zeroed_page, "tolerate-torn-tail", "corrupt_record"),
     ("zeroed page", zeroed_page, "point-in-time", "cut"),
+    ("stray byte in the tail", stray_byte_in_preallocated_tail, "tolerate-torn-tail", "cut"),
+    ("stray byte in the tail", stray_byte_in_preallocated_tail, "absolute", "torn_tail"),
     ("bit flip, middle segment", bitflip_middle_segment, "tolerate-torn-tail",
      "corrupt_record"),
     ("bit flip, middle segment", bitflip_middle_segment, "point-in-time", "cut"),

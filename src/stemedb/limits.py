@@ -62,6 +62,11 @@ replay_read_bytes_max = 4 * MiB  # one read from a segment during replay
 replay_apply_records_max = 2048  # records applied per SQLite transaction during replay
 replay_apply_bytes_max = 8 * MiB  # record bytes applied per SQLite transaction during replay
 apply_rows_buffered_max = 4096  # assertion rows buffered before one executemany
+# A replay of at least this many WAL bytes, into a state holding at most one assertion
+# per replay_index_rebuild_wal_bytes_per_row of them, drops the assertion indexes and
+# builds them again at its end (Engine._drop_indexes_for_replay).
+replay_index_rebuild_bytes_min = 4 * MiB
+replay_index_rebuild_wal_bytes_per_row = 256  # WAL bytes per assertion already in the state
 # WAL position gauges (end LSN, replay debt, hold lag) are refreshed at most this often
 # by the writer, and always on a scrape, a rotation, a checkpoint or a hold change.
 wal_gauges_refresh_seconds = 0.25

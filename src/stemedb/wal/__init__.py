@@ -51,6 +51,7 @@ from ._reader import (
     TORN_TAIL,
     Chain,
     Fault,
+    Frame,
     HeaderError,
     Record,
     SegmentInfo,
@@ -58,6 +59,7 @@ from ._reader import (
     is_zero,
     list_segment_names,
     load_chain,
+    unpadded_len,
 )
 from ._writer import WalOpError, WalWriter
 
@@ -72,6 +74,7 @@ __all__ = [
     "TORN_TAIL",
     "Chain",
     "Fault",
+    "Frame",
     "HeaderError",
     "Record",
     "RecordType",
@@ -87,4 +90,5 @@ __all__ = [
     "load_chain",
     "parse_segment_name",
     "segment_name",
+    "unpadded_len",
 ]
