@@ -78,6 +78,10 @@ gil_switch_interval_seconds = 0.001  # sys.setswitchinterval in `stemedb serve`
 # --- reads ----------------------------------------------------------------------
 reader_threads = 4  # SQLite read connections owned by the engine
 read_batch_max = 64  # reads one reader thread takes per wake-up
+# A background pass copying SQLite's WAL into the database file (stemedb.backfill), so
+# the writer-blocking part of a checkpoint stays short.
+sqlite_backfill_interval_seconds = 0.5
+sqlite_wal_size_limit_bytes = 64 * MiB  # PRAGMA journal_size_limit of the state database
 
 # --- HTTP server and client (stemedb.server, stemedb.client) --------------------
 http_id_max = 2**63 - 1  # assertion ids and epoch numbers fit SQLite's signed 64-bit integer

@@ -416,6 +416,13 @@ class Metrics:
             buckets=CHECKPOINT_DURATION_BUCKETS_SECONDS,
             registry=r,
         )
+        self.sqlite_backfill_seconds = Histogram(
+            "stemedb_sqlite_backfill_duration_seconds",
+            "Duration of background passes copying SQLite's WAL into its database file"
+            " (PRAGMA wal_checkpoint(PASSIVE)); each shortens the next checkpoint.",
+            buckets=CHECKPOINT_DURATION_BUCKETS_SECONDS,
+            registry=r,
+        )
         self.checkpoint_last_success_timestamp_seconds = Gauge(
             "stemedb_checkpoint_last_success_timestamp_seconds",
             "Unix time of the last successful checkpoint (0 before the first one).",

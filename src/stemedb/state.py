@@ -77,6 +77,9 @@ def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
         # Our WAL is the durability; SQLite's file is made durable at checkpoints.
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA wal_autocheckpoint=0")
+        # SQLite's WAL file is reused after each checkpoint; past this size it is cut
+        # back when it restarts, so one burst does not keep its high-water mark forever.
+        conn.execute(f"PRAGMA journal_size_limit={limits.sqlite_wal_size_limit_bytes}")
         conn.executescript(SCHEMA)
     conn.execute("PRAGMA busy_timeout=5000")
     conn.execute("PRAGMA cache_size=-65536")
