@@ -6,8 +6,13 @@ checkpoint and resets SQLite's WAL, and with four indexes that rewrite the same 
 pages at every group commit, that copy (then with TRUNCATE) took 0.25-0.5 s of stalled
 writes.  The
 backfiller runs ``wal_checkpoint(PASSIVE)`` on a connection of its own every
-``sqlite_backfill_interval_seconds``: it copies what it can without blocking the
-writer or readers, so the writer's checkpoint finds little left to copy.
+``sqlite_backfill_interval_seconds`` in which the engine wrote at least
+``sqlite_backfill_wal_bytes`` of its WAL (an idle node does nothing): it copies what it
+can without blocking the writer or readers, so the writer's checkpoint finds little
+left to copy.  Often and small, because each pass syncs what it copied and that sync
+competes with the WAL's fdatasync for the disk: measured with one POST client, passes
+every 0.1 s put the p99 at 12 ms, every 0.5 s at 33 ms, and ~3 MB passes at 65-73 ms
+(2 ms with no backfill, but then the checkpoint stalls 64 clients for 0.36 s).
 
 Safe at any moment: SQLite syncs its WAL before it writes pages into the database
 file and syncs the database file after, and it never copies a transaction that is not
@@ -21,6 +26,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 
 from .metrics import Metrics
 
@@ -28,9 +34,12 @@ log = logging.getLogger("stemedb.backfill")
 
 
 class Backfiller:
-    def __init__(self, db_path: str, interval_seconds: float, metrics: Metrics) -> None:
+    def __init__(self, db_path: str, interval_seconds: float, wal_bytes: int,
+                 wal_position: Callable[[], int], metrics: Metrics) -> None:
         self._db_path = db_path
         self._interval = interval_seconds
+        self._wal_bytes = wal_bytes
+        self._wal_position = wal_position
         self._m = metrics
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stemedb-sqlite-backfill",
@@ -48,8 +57,13 @@ class Backfiller:
 
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
+        last = self._wal_position()
         try:
-            while not self._stop.wait(self._interval):  # one pass per interval
+            while not self._stop.wait(self._interval):  # at most one pass per interval
+                pos = self._wal_position()
+                if pos - last < self._wal_bytes:
+                    continue
+                last = pos
                 try:
                     if conn is None:
                         conn = sqlite3.connect(self._db_path, isolation_level=None,

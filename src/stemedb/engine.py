@@ -795,8 +795,11 @@ class Engine:
         self._readers = ReaderPool(lambda: st.connect(self.db_path, readonly=True),
                                    self.config.reader_threads, limits.read_batch_max)
         if self._background:
-            self._backfill = Backfiller(self.db_path, limits.sqlite_backfill_interval_seconds,
-                                        self.m)
+            self._backfill = Backfiller(
+                self.db_path, limits.sqlite_backfill_interval_seconds,
+                limits.sqlite_backfill_wal_bytes,
+                lambda: self._writer.end_lsn if self._writer and self._writer.header else 0,
+                self.m)
             self._backfill.start()
 
     def drain(self, timeout_seconds: float = limits.http_drain_grace_seconds) -> None:

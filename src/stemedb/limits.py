@@ -79,8 +79,10 @@ gil_switch_interval_seconds = 0.001  # sys.setswitchinterval in `stemedb serve`
 reader_threads = 4  # SQLite read connections owned by the engine
 read_batch_max = 64  # reads one reader thread takes per wake-up
 # A background pass copying SQLite's WAL into the database file (stemedb.backfill), so
-# the writer-blocking part of a checkpoint stays short.
-sqlite_backfill_interval_seconds = 0.5
+# the writer-blocking part of a checkpoint stays short: at most one pass per interval,
+# and only if at least this much of our WAL was written in it.
+sqlite_backfill_interval_seconds = 0.1
+sqlite_backfill_wal_bytes = 16 * KiB
 sqlite_wal_size_limit_bytes = 64 * MiB  # PRAGMA journal_size_limit of the state database
 
 # --- HTTP server and client (stemedb.server, stemedb.client) --------------------
