@@ -396,3 +396,25 @@ def test_sqlite_wal_is_backfilled_in_the_background(tmp_path: Path) -> None:
         assert e.checkpoint().result(10).checkpoint_lsn > 0
     finally:
         e.close()
+
+
+def test_backfill_can_be_turned_off_by_config(tmp_path: Path) -> None:
+    from stemedb.config import load_config
+
+    cfg_on = load_config(None, env={}).engine_config()
+    cfg_off = load_config(None, env={"STEMEDB_CHECKPOINT_BACKFILL": "false"}).engine_config()
+    assert cfg_on.sqlite_backfill is True and cfg_off.sqlite_backfill is False
+    e = Engine(tmp_path / "db", cfg(sqlite_backfill=False))
+    e.recover()
+    e.start()
+    try:
+        import time
+
+        for i in range(200):
+            e.submit(A(f"s{i}")).result()
+        time.sleep(0.3)  # several backfill intervals
+        assert e._backfill is None
+        assert not e.m.registry.get_sample_value(
+            "stemedb_sqlite_backfill_duration_seconds_count")
+    finally:
+        e.close()

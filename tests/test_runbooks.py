@@ -351,7 +351,8 @@ def test_config_keys_are_the_documented_ones() -> None:
     keys = {
         "wal": {"fsync", "fsync_interval_ms", "segment_size_bytes", "log_fsync_errors",
                 "disk_reserve_bytes", "recovery_mode"},
-        "checkpoint": {"wal_bytes", "interval_seconds", "replay_budget_seconds"},
+        "checkpoint": {"wal_bytes", "interval_seconds", "replay_budget_seconds",
+                       "backfill"},
     }  # fmt: skip
     for path in docs():
         for table, key in re.findall(r"\[(wal|checkpoint)\] (\w+)", path.read_text()):

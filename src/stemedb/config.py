@@ -26,6 +26,7 @@ Layout (every key optional; defaults below)::
     wal_bytes = 268435456
     interval_seconds = 300.0
     replay_budget_seconds = 1.0
+    backfill = true                        # copy SQLite's WAL between checkpoints
 
     [idempotency]
     ttl_seconds = 86400
@@ -76,6 +77,7 @@ SCHEMA: dict[tuple[str, str], tuple[type, Any]] = {
     ("checkpoint", "wal_bytes"): (int, limits.checkpoint_wal_bytes_default),
     ("checkpoint", "interval_seconds"): (float, limits.checkpoint_interval_seconds_default),
     ("checkpoint", "replay_budget_seconds"): (float, limits.replay_budget_seconds_default),
+    ("checkpoint", "backfill"): (bool, True),
     ("idempotency", "ttl_seconds"): (float, limits.idempotency_ttl_seconds_default),
     ("auth", "tokens"): (list, []),
 }
@@ -123,6 +125,7 @@ class Config:
             checkpoint_wal_bytes=v[("checkpoint", "wal_bytes")],
             checkpoint_interval_seconds=v[("checkpoint", "interval_seconds")],
             replay_budget_seconds=v[("checkpoint", "replay_budget_seconds")],
+            sqlite_backfill=v[("checkpoint", "backfill")],
             idempotency_ttl_seconds=v[("idempotency", "ttl_seconds")],
         )
         try:

@@ -90,6 +90,9 @@ class EngineConfig:
     submit_queue_requests_max: int = limits.submit_queue_requests_max
     log_fsync_errors: bool = False
     reader_threads: int = limits.reader_threads
+    # Copy SQLite's WAL into its database file in the background (stemedb.backfill): a
+    # short checkpoint stall under heavy writes, for syncs beside the WAL's fdatasync.
+    sqlite_backfill: bool = True
 
     def validate(self) -> None:
         if self.fsync not in FSYNC_POLICIES:
@@ -794,7 +797,7 @@ class Engine:
                 self._thread.start()
         self._readers = ReaderPool(lambda: st.connect(self.db_path, readonly=True),
                                    self.config.reader_threads, limits.read_batch_max)
-        if self._background:
+        if self._background and self.config.sqlite_backfill:
             self._backfill = Backfiller(
                 self.db_path, limits.sqlite_backfill_interval_seconds,
                 limits.sqlite_backfill_wal_bytes,
