@@ -18,6 +18,7 @@ written:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -86,6 +87,13 @@ async def read_body(request: web.Request, max_bytes: int, *, required: bool = Tr
     if charset is not None and charset.lower() not in ("utf-8", "utf8"):
         raise ApiError(415, "unsupported_media_type",
                        f"the body must be UTF-8 JSON, got charset={charset}")
+    if declared is not None:  # the common case: one read of exactly what was declared
+        try:
+            return await request.content.readexactly(declared)
+        except asyncio.IncompleteReadError as exc:
+            raise ApiError(400, "incomplete_body",
+                           f"the body ended after {len(exc.partial)} of the {declared} bytes "
+                           "its Content-Length declared") from exc
     chunks: list[bytes] = []
     total = 0
     # Bounded: stops as soon as more than max_bytes arrived.
