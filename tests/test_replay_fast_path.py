@@ -362,3 +362,27 @@ def test_assertion_rows_insert_as_one_row_per_statement_would(tmp_path: Path) ->
     assert len(got) == next_id - 1
     assert {(r[5] is None, r[6] is None) for r in got} == {(a, b) for a in (0, 1)
                                                            for b in (0, 1)}
+
+
+def test_index_rebuild_is_its_own_progress_phase(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """/readyz shows `indexing` while the indexes are built, not `replaying` at 100 %."""
+    written = tmp_path / "written"
+    _write_workload(written, 5, 400, 64 * 1024)
+    monkeypatch.setattr(limits, "replay_index_rebuild_bytes_min", 0)
+    dst = tmp_path / "replayed"
+    dst.mkdir()
+    shutil.copytree(written / "wal", dst / "wal")
+    seen: list[tuple[str, int, float | None]] = []
+    eng = Engine(dst, _cfg(64 * 1024))
+    try:
+        eng.recover(lambda p: seen.append((p.phase, p.bytes_done, p.eta_seconds)))
+        phases = [s[0] for s in seen]
+        assert "indexing" in phases
+        first = phases.index("indexing")
+        assert set(phases[:first]) <= {"replaying"} and phases[:first]
+        at = seen[first]
+        assert at[1] == seen[first - 1][1] > 0 and at[2] is None  # all bytes, no ETA
+        assert eng.progress.phase == "done"
+    finally:
+        eng.close()

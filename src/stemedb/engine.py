@@ -142,7 +142,7 @@ class WriteResult:
 
 @dataclass
 class ReplayProgress:
-    phase: str  # "opening", "replaying", "done", "failed"
+    phase: str  # "opening", "replaying", "indexing", "done", "failed"
     bytes_done: int = 0
     bytes_total: int = 0
     records: int = 0
@@ -556,6 +556,13 @@ class Engine:
                         raise CorruptionError(s.name, doff, reason, lsn=lsn, kind=kind)
         if rebuild_indexes:
             # A failure before this point leaves them to the next start's connect().
+            # Its own phase: every byte is replayed, but the node is not ready yet and
+            # no byte count says for how long (one sort per index).
+            self.progress.phase = "indexing"
+            self.progress.eta_seconds = None
+            if progress is not None:
+                progress(self.progress)
+            log.info("replay done; building the assertion indexes again")
             t_index = time.monotonic()
             st.create_assertion_indexes(conn)
             log.info("built the assertion indexes again after the replay in %.3fs",

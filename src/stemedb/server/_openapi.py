@@ -131,7 +131,7 @@ SCHEMAS: dict[str, Any] = {
                     "phase": {"type": "string"}}, ["status"]),
     "Readiness": _obj({
         "ready": {"type": "boolean"}, "reason": {"type": "string", "nullable": True},
-        "phase": {"type": "string", "enum": ["opening", "replaying", "done", "failed"]},
+        "phase": {"type": "string", "enum": ["opening", "replaying", "indexing", "done", "failed"]},
         "node_phase": {"type": "string"},
         "bytes_done": _int(), "bytes_total": _int(), "records": _int(),
         "eta_seconds": {"type": "number", "nullable": True},
