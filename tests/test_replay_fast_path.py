@@ -153,6 +153,19 @@ def _tables(db_path: Path) -> dict[str, list[tuple[Any, ...]]]:
         conn.close()
 
 
+def _spy_index_drops(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Record each time replay drops the assertion indexes (it still drops them)."""
+    dropped: list[bool] = []
+    real_drop = st.drop_assertion_indexes
+
+    def spy_drop(conn: sqlite3.Connection) -> None:
+        dropped.append(True)
+        real_drop(conn)
+
+    monkeypatch.setattr(st, "drop_assertion_indexes", spy_drop)
+    return dropped
+
+
 def _replay_copy(src: Path, dst: Path, segment_size_bytes: int) -> Engine:
     """The WAL of ``src`` alone (no state): a recovery replays all of it."""
     dst.mkdir(parents=True)
@@ -177,14 +190,7 @@ def test_replay_equals_apply_record_replay_and_the_write_path(
     monkeypatch.setattr(limits, "replay_apply_records_max", 7)
     monkeypatch.setattr(limits, "apply_rows_buffered_max", 5)
     monkeypatch.setattr(limits, "replay_index_rebuild_bytes_min", 0 if rebuild else 2**62)
-    dropped: list[bool] = []
-    real_drop = st.drop_assertion_indexes
-
-    def spy_drop(conn: sqlite3.Connection) -> None:
-        dropped.append(True)
-        real_drop(conn)
-
-    monkeypatch.setattr(st, "drop_assertion_indexes", spy_drop)
+    dropped = _spy_index_drops(monkeypatch)
     eng = _replay_copy(written, tmp_path / "replayed", segment_size_bytes)
     try:
         assert eng.progress.records > 100
@@ -278,14 +284,7 @@ def test_indexes_are_dropped_only_when_the_replay_outgrows_the_table(
     shutil.copy(tmp_path / "checkpoint.sqlite3", data / "state.sqlite3")
     monkeypatch.setattr(limits, "replay_index_rebuild_bytes_min", 1)
     monkeypatch.setattr(limits, "replay_index_rebuild_wal_bytes_per_row", wal_bytes_per_row)
-    dropped: list[bool] = []
-    real_drop = st.drop_assertion_indexes
-
-    def spy_drop(conn: sqlite3.Connection) -> None:
-        dropped.append(True)
-        real_drop(conn)
-
-    monkeypatch.setattr(st, "drop_assertion_indexes", spy_drop)
+    dropped = _spy_index_drops(monkeypatch)
     eng = Engine(data, _cfg(64 * 1024))
     try:
         report = eng.recover()

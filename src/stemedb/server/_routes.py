@@ -140,20 +140,23 @@ async def _write(request: web.Request, rtype: RecordType, ops: list[dict[str, An
     return json_response(result.body, result.status, headers)
 
 
-async def create_assertion(request: web.Request) -> web.StreamResponse:
+async def _write_body(request: web.Request) -> bytes:
+    """The body of a write without path parameters, refused before it is read when the
+    node takes no writes (``_write`` checks again: a drain may start meanwhile)."""
     node = _node(request)
     node.check_writable()
     query_params(request, ())
-    raw = await read_body(request, node.body_bytes_max)
+    return await read_body(request, node.body_bytes_max)
+
+
+async def create_assertion(request: web.Request) -> web.StreamResponse:
+    raw = await _write_body(request)
     assertion = validate_assertion(parse_json(raw))
     return await _write(request, RecordType.ASSERT, [{"assert": assertion}], raw)
 
 
 async def batch(request: web.Request) -> web.StreamResponse:
-    node = _node(request)
-    node.check_writable()
-    query_params(request, ())
-    raw = await read_body(request, node.body_bytes_max)
+    raw = await _write_body(request)
     ops = validate_batch(parse_json(raw))
     return await _write(request, RecordType.BATCH, ops, raw)
 
