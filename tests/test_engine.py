@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from stemedb import limits
 from stemedb import state as st
 from stemedb.engine import Engine, EngineConfig, WriteRequest, body_digest
 from stemedb.errors import (
@@ -395,6 +396,39 @@ def test_sqlite_wal_is_backfilled_in_the_background(tmp_path: Path) -> None:
             "stemedb_sqlite_backfill_duration_seconds_count") >= 1
         assert e.checkpoint().result(10).checkpoint_lsn > 0
     finally:
+        e.close()
+
+
+def test_checkpoints_never_collide_with_a_backfill_pass(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite runs one checkpoint at a time and answers a second with SQLITE_BUSY at
+    once; the engine's checkpoint waits for a backfill pass instead of failing."""
+    import threading
+
+    monkeypatch.setattr(limits, "sqlite_backfill_interval_seconds", 0.0005)
+    monkeypatch.setattr(limits, "sqlite_backfill_wal_bytes", 1)
+    e = Engine(tmp_path / "db", cfg(checkpoint_wal_bytes=10**12, replay_budget_seconds=1e9,
+                                    checkpoint_interval_seconds=1e9))
+    e.recover()
+    e.start()
+    stop = threading.Event()
+
+    def write() -> None:
+        i = 0
+        while not stop.is_set():  # bounded by the test's checkpoint loop below
+            e.submit(WriteRequest(RecordType.BATCH, [{"assert": A(f"s{i}-{j}").ops[0][
+                "assert"]} for j in range(50)])).result(10)
+            i += 1
+
+    t = threading.Thread(target=write, daemon=True)
+    t.start()
+    try:
+        for _ in range(60):
+            e.checkpoint().result(10)  # raised "checkpoint incomplete (busy=1)" before
+        assert e._backfill is not None and e._backfill.passes >= 5
+    finally:
+        stop.set()
+        t.join(10)
         e.close()
 
 

@@ -18,6 +18,11 @@ Safe at any moment: SQLite syncs its WAL before it writes pages into the databas
 file and syncs the database file after, and it never copies a transaction that is not
 committed; what is durable is still decided by the engine's checkpoint (which records
 ``checkpoint_lsn``), not by this thread.
+
+SQLite lets one checkpoint run at a time and answers a second one with SQLITE_BUSY at
+once (no busy handler), so a pass holds :attr:`Backfiller.lock` and the engine's own
+checkpoint takes it too: the writer waits for a pass in progress (milliseconds)
+instead of failing its checkpoint.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class Backfiller:
         self._wal_position = wal_position
         self._m = metrics
         self._stop = threading.Event()
+        # Held during a pass; the engine's checkpoint holds it around its RESTART.
+        self.lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="stemedb-sqlite-backfill",
                                         daemon=True)
         self.passes = 0
@@ -69,9 +76,10 @@ class Backfiller:
                         conn = sqlite3.connect(self._db_path, isolation_level=None,
                                                check_same_thread=False)
                         conn.execute("PRAGMA busy_timeout=0")  # never wait on the writer
-                    t0 = time.monotonic()
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    self._m.sqlite_backfill_seconds.observe(time.monotonic() - t0)
+                    with self.lock:
+                        t0 = time.monotonic()
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                        self._m.sqlite_backfill_seconds.observe(time.monotonic() - t0)
                     self.passes += 1
                     self.last_error = None
                 except sqlite3.Error as exc:  # busy, or a closing database: next pass

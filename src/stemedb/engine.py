@@ -1279,7 +1279,8 @@ class Engine:
             # RESTART, not TRUNCATE: the same guarantee (every frame copied, the database
             # file synced, the next write starts SQLite's WAL over), without freeing and
             # re-growing the file, which cost ~130 ms per checkpoint on the writer thread.
-            busy, frames, done = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            with self._backfill.lock if self._backfill is not None else contextlib.nullcontext():
+                busy, frames, done = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             if busy or (frames >= 0 and done < frames):
                 raise Unavailable(f"SQLite checkpoint incomplete (busy={busy}, "
                                   f"{done}/{frames} frames); will retry", code="checkpoint_busy")
