@@ -794,6 +794,8 @@ class Engine:
         if not self.recovered:
             raise RuntimeError("Engine.start() before recover()")
         self.accepting = True
+        if self._wconn is not None:
+            st.tune_for_writes(self._wconn)
         if self._background:
             self._writer_started = True
             if self._writer_host is not None:
