@@ -13,6 +13,12 @@ removed after the kill, which is what a power loss before the first checkpoint
 leaves: the whole WAL is replayed from segment 1.  A fresh process then times
 ``recover()``.
 
+Each replay runs ``--runs`` times (default 3), each time on a fresh copy of the
+killed directory, and the table gives the median run with the slowest and fastest
+beside it: on a shared 2-core machine the same replay has measured anywhere between
+0.85 and 1.55 s of CPU time from one run to the next, so one run says little.  The
+target is judged on the median.
+
 Run: ``python -m bench.replay_bench [--assert-records 100000] [--batch-records 100]``.
 """
 
@@ -51,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="single-assertion records to write and replay (default: 100000)")
     p.add_argument("--batch-records", type=int, default=100,
                    help="1000-assertion batch records to write and replay (default: 100)")
+    p.add_argument("--runs", type=int, default=3,
+                   help="replays of each WAL, each on a fresh copy; the table gives the "
+                        "median (default: 3)")
     args = p.parse_args(argv)
     report = Report("replay", command_line(MODULE, argv))
     rows: list[dict[str, Any]] = []
@@ -67,16 +76,26 @@ def main(argv: list[str] | None = None) -> int:
                            fsync="never", checkpoints="off", inflight=inflight,
                            kill_at="target", verbose=False)
             remove_state(d)
-            r = restart_once(d, checkpoints="off", steady_seconds=0)
+            runs = []
+            for k in range(max(1, args.runs)):
+                run_dir = f"{d}-run{k}"
+                shutil.copytree(d, run_dir)
+                runs.append(restart_once(run_dir, checkpoints="off", steady_seconds=0))
+                if not args.keep:
+                    shutil.rmtree(run_dir, ignore_errors=True)
+            runs.sort(key=lambda r: r["replay_s"])
+            r = runs[len(runs) // 2]  # the median run (of two, the slower one)
             secs = max(r["replay_s"], 1e-9)
+            rates = [x["records"] / max(x["replay_s"], 1e-9) for x in runs]
             rows.append({
                 "record kind": kind, "records": r["records"],
                 "assertions": (r["records"] - 1) * per_record,  # minus the genesis record
-                "wal_mib": r["bytes"] / MiB, "replay_s": secs,
+                "wal_mib": r["bytes"] / MiB, "runs": len(runs), "replay_s": secs,
                 "records_per_s": r["records"] / secs,
+                "slowest_fastest": f"{min(rates):,.0f}-{max(rates):,.0f}",
                 "assertions_per_s": (r["records"] - 1) * per_record / secs,
                 "mib_per_s": r["bytes"] / MiB / secs,
-                "peak_rss_mib": r["hwm_ready_mib"],
+                "peak_rss_mib": max(x["hwm_ready_mib"] for x in runs),
             })
             if not args.keep:
                 shutil.rmtree(d, ignore_errors=True)
@@ -84,9 +103,10 @@ def main(argv: list[str] | None = None) -> int:
                  rows)
     for r in rows:
         report.targets.append(Target(
-            f"replay {r['record kind']}", f">= {TARGET_RECORDS_PER_SECOND:,} records/s",
+            f"replay {r['record kind']}",
+            f">= {TARGET_RECORDS_PER_SECOND:,} records/s (median of {r['runs']})",
             f"{r['records_per_s']:,.0f} records/s ({r['assertions_per_s']:,.0f} "
-            f"assertions/s, {r['mib_per_s']:.1f} MiB/s)",
+            f"assertions/s, {r['mib_per_s']:.1f} MiB/s; runs {r['slowest_fastest']})",
             r["records_per_s"] >= TARGET_RECORDS_PER_SECOND))
     report.emit(args.json, info)
     return 0

@@ -62,14 +62,17 @@ def test_restart_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 @pytest.mark.timeout(90)
 def test_replay_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out, doc = _run(replay_bench.main, ["--assert-records", "300", "--batch-records", "2"],
-                    tmp_path, capsys)
+    out, doc = _run(replay_bench.main, ["--assert-records", "300", "--batch-records", "2",
+                                        "--runs", "2"], tmp_path, capsys)
     assert "WAL replay" in out
     (rows,) = doc["tables"].values()
     assert [r["record kind"].split()[0] for r in rows] == ["ASSERT", "BATCH"]
     assert rows[0]["records"] > 300 and rows[0]["assertions"] >= 300
     assert rows[1]["assertions"] >= 2000
     assert all(r["records_per_s"] > 0 and r["mib_per_s"] > 0 for r in rows)
+    assert all(r["runs"] == 2 for r in rows)
+    slow, fast = (float(x.replace(",", "")) for x in rows[0]["slowest_fastest"].split("-"))
+    assert slow <= rows[0]["records_per_s"] <= fast
 
 
 @pytest.mark.timeout(120)
