@@ -51,8 +51,9 @@ checkpoint_wal_bytes_default = 256 * MiB  # checkpoint when this much WAL is una
 checkpoint_interval_seconds_default = 300.0
 replay_budget_seconds_default = 1.0  # checkpoint when estimated replay exceeds this
 # Replay speed assumed until a replay of at least replay_measure_bytes_min measures it
-# (kept in the state).  Below the 6.5 MiB/s that replay measured on the benchmark
-# machine (docs/benchmarks.md): an underestimate only checkpoints more often.
+# (kept in the state).  Below the 9.9 MiB/s (1000-assertion records) and 19.8 MiB/s
+# (one-assertion records) that replay measured on the benchmark machine
+# (docs/benchmarks.md, section 7): an underestimate only checkpoints more often.
 replay_throughput_bytes_per_second_initial = 4 * MiB
 replay_measure_bytes_min = 1 * MiB
 idempotency_ttl_seconds_default = 24 * 3600
