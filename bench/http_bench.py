@@ -290,6 +290,21 @@ def reads_under_writes(server: StemeServer, scripts: dict[str, str], max_id: int
             "write_p99_ms": w.get("p99_ms", float("nan"))}
 
 
+def fresh_server_reads(server: StemeServer, label: str, scripts: dict[str, str],
+                       args: Any) -> list[dict[str, Any]]:
+    """Start ``server``, seed it, measure reads with no writers and with
+    ``--write-clients`` writers, stop it."""
+    server.start()
+    try:
+        max_id = server.seed(1000)
+        return [{"load": f"{writers} writers, {label}", "read_clients": args.read_clients,
+                 **reads_under_writes(server, scripts, max_id, args.seconds,
+                                      args.read_clients, writers)}
+                for writers in (0, args.write_clients)]
+    finally:
+        server.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.splitlines()[0], MODULE)
     p.add_argument("--seconds", type=float, default=5.0,
@@ -342,38 +357,22 @@ def main(argv: list[str] | None = None) -> int:
                               **reads_under_writes(steme, scripts, max_id, args.seconds,
                                                    args.read_clients, writers)})
             steme.stop()
+            delay_us = args.fdatasync_delay_ms * 1000
+            slowed = f"fdatasync +{args.fdatasync_delay_ms} ms"
             for every, how in ((False, "strace"), (True, "strace -f --seccomp-bpf")):
                 slow = StemeServer(root, "stemedb-slow-all" if every else "stemedb-slow",
-                                   slow_fdatasync_us=args.fdatasync_delay_ms * 1000,
-                                   strace_all_threads=every)
+                                   slow_fdatasync_us=delay_us, strace_all_threads=every)
                 servers.append(slow)
-                slow.start()
-                max_id = slow.seed(1000)
-                for writers in (0, args.write_clients):
-                    reads.append({"load": f"{writers} writers, {how}, fdatasync "
-                                          f"+{args.fdatasync_delay_ms} ms",
-                                  "read_clients": args.read_clients,
-                                  **reads_under_writes(slow, scripts, max_id, args.seconds,
-                                                       args.read_clients, writers)})
-                slow.stop()
+                reads += fresh_server_reads(slow, f"{how}, {slowed}", scripts, args)
             shim = build_slow_fdatasync_shim(root)
             if shim is None:
                 report.notes.append("no C compiler: the LD_PRELOAD slow-fdatasync rows "
                                     "were skipped")
             else:
-                pre = StemeServer(root, "stemedb-preload",
-                                  slow_fdatasync_us=args.fdatasync_delay_ms * 1000,
+                pre = StemeServer(root, "stemedb-preload", slow_fdatasync_us=delay_us,
                                   preload_shim=shim)
                 servers.append(pre)
-                pre.start()
-                max_id = pre.seed(1000)
-                for writers in (0, args.write_clients):
-                    reads.append({"load": f"{writers} writers, LD_PRELOAD shim, fdatasync "
-                                          f"+{args.fdatasync_delay_ms} ms",
-                                  "read_clients": args.read_clients,
-                                  **reads_under_writes(pre, scripts, max_id, args.seconds,
-                                                       args.read_clients, writers)})
-                pre.stop()
+                reads += fresh_server_reads(pre, f"LD_PRELOAD shim, {slowed}", scripts, args)
             if not args.no_peers:
                 pg = Postgres(root)
                 servers.append(pg)

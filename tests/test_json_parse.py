@@ -21,22 +21,12 @@ from hypothesis import strategies as stg
 from stemedb.errors import InvalidInput
 from stemedb.server import _http
 from stemedb.server._http import parse_json, parse_json_strict
-
-
-def _typed(v: Any) -> Any:
-    """A comparable form that tells 1 from 1.0 from True and keeps key order."""
-    if isinstance(v, dict):
-        return ("dict", [(k, _typed(x)) for k, x in v.items()])
-    if isinstance(v, list):
-        return ("list", [_typed(x) for x in v])
-    if isinstance(v, float):
-        return ("float", v.hex())
-    return (type(v).__name__, v)
+from tests._typed import typed
 
 
 def _verdict(fn: Any, raw: bytes) -> tuple[str, Any]:
     try:
-        return "ok", _typed(fn(raw))
+        return "ok", typed(fn(raw))
     except InvalidInput as exc:
         return "refused", exc.code
 

@@ -18,23 +18,12 @@ from hypothesis import strategies as stg
 from stemedb import limits, model
 from stemedb.errors import InvalidInput
 from stemedb.model import validate_assertion, validate_assertion_strict, validate_batch
-
-_MISSING = object()
-
-
-def _typed(v: Any) -> Any:
-    if isinstance(v, dict):
-        return ("dict", [(k, _typed(x)) for k, x in v.items()])
-    if isinstance(v, list):
-        return ("list", [_typed(x) for x in v])
-    if isinstance(v, float):
-        return ("float", "nan" if math.isnan(v) else v.hex())
-    return (type(v).__name__, v)
+from tests._typed import typed
 
 
 def _outcome(fn: Any, *args: Any) -> tuple[str, Any]:
     try:
-        return "ok", _typed(fn(*args))
+        return "ok", typed(fn(*args))
     except InvalidInput as exc:
         return "refused", (exc.code, exc.message)
 
@@ -119,7 +108,7 @@ def test_the_fast_path_agrees_with_the_strict_checks(obj: Any) -> None:
 def test_a_batch_names_the_failing_op_as_the_strict_checks_do(objs: list[Any]) -> None:
     expected: tuple[str, Any]
     try:
-        expected = "ok", _typed([{"assert": validate_assertion_strict(o, f"ops[{i}].")}
+        expected = "ok", typed([{"assert": validate_assertion_strict(o, f"ops[{i}].")}
                                  for i, o in enumerate(objs)])
     except InvalidInput as exc:
         expected = "refused", (exc.code, exc.message)
