@@ -196,8 +196,7 @@ def test_replay_equals_apply_record_replay_and_the_write_path(
         assert eng.progress.records > 100
         conn = eng._wconn
         assert conn is not None
-        assert st.assertion_indexes_present(conn) == len(st.ASSERTION_INDEXES)
-        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        _assert_sound(conn, indexes=len(st.ASSERTION_INDEXES))
     finally:
         eng.close()
     assert dropped == ([True] if rebuild else [])
@@ -216,6 +215,12 @@ def test_replay_equals_apply_record_replay_and_the_write_path(
     # (rounded to the microsecond): the rest of each idempotency row is the same.
     assert ([r[:5] for r in replayed["idempotency"]]
             == [r[:5] for r in by_write_path["idempotency"]])
+
+
+def _assert_sound(conn: sqlite3.Connection, *, indexes: int) -> None:
+    """That many of the assertion indexes exist, and SQLite finds the file intact."""
+    assert st.assertion_indexes_present(conn) == indexes
+    assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
 
 
 _KILL_CHILD = """
@@ -253,8 +258,7 @@ def test_replay_killed_with_the_indexes_dropped_recovers_them(tmp_path: Path) ->
         applied = int(conn.execute("SELECT value FROM meta WHERE key='applied_records'")
                       .fetchone()[0])
         assert 200 <= applied < 700
-        assert st.assertion_indexes_present(conn) == 0
-        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        _assert_sound(conn, indexes=0)
     finally:
         conn.close()
     # The next start builds them (connect()) and finishes the replay.
@@ -264,8 +268,7 @@ def test_replay_killed_with_the_indexes_dropped_recovers_them(tmp_path: Path) ->
         assert 0 < report.records < 700
         conn2 = eng._wconn
         assert conn2 is not None
-        assert st.assertion_indexes_present(conn2) == len(st.ASSERTION_INDEXES)
-        assert conn2.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        _assert_sound(conn2, indexes=len(st.ASSERTION_INDEXES))
     finally:
         eng.close()
     _reference_replay(written / "wal", tmp_path / "reference.sqlite3")
