@@ -35,6 +35,7 @@ import orjson
 
 from . import limits
 from . import state as st
+from ._loops import Outcome, settle_by_loop
 from .backfill import Backfiller
 from .errors import (
     Closed,
@@ -212,37 +213,24 @@ class _Pending:
 _Outcome = tuple[_Pending, "WriteResult | None", "BaseException | None"]
 
 
-def _settle_on_loop(outcomes: list[_Outcome]) -> None:
-    for p, result, exc in outcomes:
-        fut = p.afuture
-        if fut is None or fut.done():  # the waiting request was cancelled
-            continue
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(result)  # type: ignore[arg-type]
-
-
 def _settle(outcomes: list[_Outcome]) -> None:
     """Hand each pending write its outcome; one loop callback per event loop."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
-    for o in outcomes:
-        p = o[0]
+    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    for p, result, exc in outcomes:
         if p.settled:
             continue
         p.settled = True
         if p.loop is not None:
-            by_loop.setdefault(p.loop, []).append(o)
+            assert p.afuture is not None
+            by_loop.setdefault(p.loop, []).append((p.afuture, result, exc))
             continue
         fut = p.future
         assert fut is not None
-        if o[2] is not None:
-            fut.set_exception(o[2])
+        if exc is not None:
+            fut.set_exception(exc)
         else:
-            fut.set_result(o[1])  # type: ignore[arg-type]
-    for loop, items in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
-            loop.call_soon_threadsafe(_settle_on_loop, items)
+            fut.set_result(result)  # type: ignore[arg-type]
+    settle_by_loop(by_loop)
 
 
 def validate_request(request: WriteRequest) -> None:

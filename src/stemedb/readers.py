@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
-import contextlib
 import logging
 import queue
 import sqlite3
@@ -22,6 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ._loops import Outcome, settle_by_loop
 from .errors import Closed
 
 log = logging.getLogger("stemedb.readers")
@@ -30,17 +30,6 @@ T = TypeVar("T")
 ReadFn = Callable[[sqlite3.Connection], Any]
 # (fn, loop or None, asyncio.Future or concurrent.futures.Future)
 _Item = tuple[ReadFn, "asyncio.AbstractEventLoop | None", Any]
-_Outcome = tuple["asyncio.Future[Any]", Any, "BaseException | None"]
-
-
-def _settle_on_loop(outcomes: list[_Outcome]) -> None:
-    for fut, result, exc in outcomes:
-        if fut.done():  # the request went away
-            continue
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(result)
 
 
 class ReaderPool:
@@ -114,7 +103,7 @@ class ReaderPool:
                     except Exception as e:  # every read of this wake-up fails; retry later
                         log.error("cannot open a read connection: %s", e)
                         failed = e
-                by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+                by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
                 for fn, loop, fut in items:
                     if loop is None and not fut.set_running_or_notify_cancel():
                         continue
@@ -132,9 +121,7 @@ class ReaderPool:
                             fut.set_result(result)
                     else:
                         by_loop.setdefault(loop, []).append((fut, result, exc))
-                for loop, outcomes in by_loop.items():
-                    with contextlib.suppress(RuntimeError):  # the loop closed
-                        loop.call_soon_threadsafe(_settle_on_loop, outcomes)
+                settle_by_loop(by_loop)
         finally:
             if conn is not None:
                 conn.close()
