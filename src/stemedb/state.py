@@ -115,22 +115,19 @@ def drop_assertion_indexes(conn: sqlite3.Connection) -> None:
     than keeping four B-trees up to date row by row.  A crash before they are built
     again is safe: they are derived data and :func:`connect` creates missing ones.
     """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for name in ASSERTION_INDEXES:
-            conn.execute(f"DROP INDEX IF EXISTS {name}")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+    _in_one_transaction(conn, [f"DROP INDEX IF EXISTS {name}" for name in ASSERTION_INDEXES])
 
 
 def create_assertion_indexes(conn: sqlite3.Connection) -> None:
     """Create any missing secondary index of the assertions table (one transaction)."""
+    _in_one_transaction(conn, _ASSERTION_INDEX_DDL)
+
+
+def _in_one_transaction(conn: sqlite3.Connection, statements: list[str]) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for ddl in _ASSERTION_INDEX_DDL:
-            conn.execute(ddl)
+        for sql in statements:
+            conn.execute(sql)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
