@@ -272,6 +272,69 @@ def test_state_ahead_of_wal_continues_in_a_new_segment(tmp_path: Path) -> None:
     e3.close()
 
 
+def _crash(e: Engine) -> None:
+    """Stop an engine the way a crash would: no final checkpoint, nothing flushed."""
+    e._wconn.close()  # type: ignore[union-attr]
+    e._readers.shutdown(5.0)  # type: ignore[union-attr]
+    e.accepting = False
+    e.closed = True
+
+
+def test_state_ahead_past_a_lost_segment_skips_lsns_and_verify_expects_it(
+        tmp_path: Path) -> None:
+    """A whole segment file lost after the state applied its records.
+
+    Recovery continues in a segment whose base LSN is past everything the state has
+    applied, so the log has a gap; the segment header says why, and `wal verify`
+    reports it as a note (exit 0) - but as a fault for a state older than the gap.
+    """
+    import sqlite3
+
+    from stemedb.tools import verify_dir
+    from stemedb.wal import SegmentHeader
+
+    d = tmp_path / "db"
+    e = Engine(d, cfg(fsync="never", checkpoint_wal_bytes=10**12, replay_budget_seconds=1e9))
+    e.recover()
+    e.start()
+    e.set_hold("archiver", 0).result()  # keeps segment.001.wal through checkpoints
+    i = 0
+    while e.status()["wal"]["segment"] != "segment.002.wal":  # bounded: ~300 records
+        e.submit(A(f"s{i}", object="y" * 200)).result()
+        i += 1
+        assert i < 2000
+    for k in range(5):
+        e.submit(A(f"late{k}")).result()
+    applied = e.status()["wal"]["end_lsn"]
+    _crash(e)
+    seg1, seg2 = d / "wal" / "segment.001.wal", d / "wal" / "segment.002.wal"
+    seg2.unlink()  # gone: its records survive only in the state
+    seg1_end = SegmentHeader.decode(seg1.read_bytes()[:64]).end_lsn
+    assert applied > seg1_end
+
+    e2 = Engine(d, cfg(fsync="never"))
+    e2.recover()
+    e2.start()
+    assert e2.status()["wal"]["segment"] == "segment.002.wal"
+    assert e2.submit(A("next")).result().body["id"] == i + 6  # no id reused
+    e2.close()
+    header = SegmentHeader.decode(seg2.read_bytes()[:64])
+    assert header.skips_lsns and header.base_lsn >= applied > seg1_end
+
+    report = verify_dir(str(d))
+    assert report.faults == [] and report.exit_code == 0
+    assert any(n.startswith("expected gap before segment.002.wal") for n in report.notes)
+
+    # The same WAL under an older state (applied LSN before the gap): a real fault.
+    conn = sqlite3.connect(d / "state.sqlite3")
+    conn.execute("UPDATE meta SET value=? WHERE key='applied_end_lsn'", (seg1_end - 8,))
+    conn.commit()
+    conn.close()
+    report = verify_dir(str(d))
+    assert [(f.kind, f.segment) for f in report.faults] == [("gap", "segment.002.wal")]
+    assert "needs records the WAL does not hold" in report.faults[0].reason
+
+
 def test_config_validation() -> None:
     from stemedb.errors import InvalidInput
     with pytest.raises(InvalidInput):

@@ -112,11 +112,13 @@ def test_segment_names_roundtrip(seq: int) -> None:
 
 
 @given(stg.integers(1, 2**40), stg.integers(0, 2**50), stg.integers(65, 2**30),
-       stg.integers(0, 2**62))
-def test_header_roundtrip_and_any_flip_detected(seq: int, base: int, cap: int, ns: int) -> None:
-    h = SegmentHeader(seq, base, cap, ns)
+       stg.integers(0, 2**62), stg.integers(0, 2**32 - 1))
+def test_header_roundtrip_and_any_flip_detected(seq: int, base: int, cap: int, ns: int,
+                                                flags: int) -> None:
+    h = SegmentHeader(seq, base, cap, ns, flags=flags)
     raw = h.encode()
     assert SegmentHeader.decode(raw) == h
+    assert SegmentHeader.decode(raw).skips_lsns == bool(flags & 1)
     for i in range(0, 64, 7):
         bad = bytearray(raw)
         bad[i] ^= 0x01

@@ -23,7 +23,12 @@ Fault kinds (the reader's names, :mod:`stemedb.wal`):
 ``missing_segment``
     A hole in the sequence of segment files, or WAL the state still needs is gone.
 ``gap``
-    LSNs do not continue across segments, or the state is ahead of the WAL.
+    LSNs do not continue across segments, or the state is ahead of the WAL.  One gap is
+    expected and is reported as a note, not a fault: a segment whose header carries
+    ``SEGMENT_FLAG_SKIPS_LSNS`` starts past LSNs that the state had applied and the WAL
+    had lost in a crash (records acknowledged before fsync, ``fsync = "interval"`` or
+    ``"never"``); the server starts such a segment itself.  It stays a fault when the
+    state's applied LSN lies before it (a restored older state needs those records).
 """
 
 from __future__ import annotations
@@ -110,6 +115,9 @@ class VerifyReport:
     notes: list[str] = field(default_factory=list)
     applied_end_lsn: int | None = None
     checkpoint_lsn: int | None = None
+    # Gaps the server made on purpose (SEGMENT_FLAG_SKIPS_LSNS), until the state's
+    # applied LSN says whether they are harmless: segment name -> the chain's fault.
+    flagged_gaps: dict[str, VerifyFault] = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -297,10 +305,16 @@ def verify_dir(data_dir: str, *, progress: ProgressFn | None = None) -> VerifyRe
         later = i < len(segs) - 1
         cf = chain_faults.get(info.name)
         if cf is not None:
-            report.faults.append(VerifyFault(
-                cf.kind, cf.segment, info.path, cf.offset, cf.lsn, cf.reason,
-                repair_commands(cf.kind, info.path, 0, wal_dir=wal_dir,
-                                later_segments=True)))
+            vf = VerifyFault(cf.kind, cf.segment, info.path, cf.offset, cf.lsn, cf.reason,
+                             repair_commands(cf.kind, info.path, 0, wal_dir=wal_dir,
+                                             later_segments=True))
+            prev_header = segs[i - 1].header if i > 0 else None
+            if (cf.kind == GAP and info.header is not None and info.header.skips_lsns
+                    and prev_header is not None
+                    and info.header.base_lsn > prev_header.end_lsn):
+                report.flagged_gaps[info.name] = vf
+            else:
+                report.faults.append(vf)
         summary = SegmentSummary(info.name, info.path, info.seq, None, None, info.file_size)
         if info.header_error is not None and info.header is not None:
             # Parses, but names another segment: the chain cannot trust its LSNs.
@@ -325,7 +339,29 @@ def verify_dir(data_dir: str, *, progress: ProgressFn | None = None) -> VerifyRe
         if fault is not None:
             report.faults.append(fault)
     _check_state(report)
+    _settle_flagged_gaps(report)
     return report
+
+
+def _settle_flagged_gaps(report: VerifyReport) -> None:
+    """A gap the server made on purpose is a note while the state is past it.
+
+    The skipped LSNs are records the state applied and the WAL lost; a state whose
+    applied LSN is at or past the segment's base holds them.  An older state (restored
+    from a backup, say) would need them from the WAL: then the gap is a fault.
+    """
+    applied = report.applied_end_lsn
+    for name, fault in report.flagged_gaps.items():
+        base = fault.lsn
+        assert base is not None
+        if applied is not None and applied < base:
+            report.faults.append(VerifyFault(
+                fault.kind, fault.segment, fault.path, fault.offset, fault.lsn,
+                f"{fault.reason}; the state has applied only up to LSN {applied}, so it "
+                "needs records the WAL does not hold", fault.repair))
+        else:
+            report.notes.append(f"expected gap before {name} (the state holds the skipped "
+                                f"records): {fault.reason}")
 
 
 def _check_state(report: VerifyReport) -> None:

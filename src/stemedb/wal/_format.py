@@ -5,7 +5,8 @@ Segment header (64 bytes, at offset 0 of every segment)::
     0   8  magic            b"STEMEWAL"
     8   2  format_version   1
     10  2  header_size      64
-    12  4  flags            0
+    12  4  flags            bit 0 (SEGMENT_FLAG_SKIPS_LSNS): the base LSN was moved past
+                            LSNs the state had applied but the WAL had lost; other bits 0
     16  8  seq              segment sequence number (the NNN of segment.NNN.wal)
     24  8  base_lsn         LSN of byte 0 of this segment
     32  8  capacity_bytes   the segment's preallocated size; next base = base + capacity
@@ -50,6 +51,12 @@ ZERO_FRAME_HEADER = bytes(FRAME_HEADER_SIZE)
 
 # One format string names segment files and one pattern parses them (etcd's habit):
 # at least three digits, more once the sequence passes 999.
+# Segment header flags.  SKIPS_LSNS: recovery started this segment beyond the previous
+# one's end on purpose, because the state (SQLite) had applied records that the WAL lost
+# in a crash (acknowledged before fsync: fsync = interval or never).  The LSNs between
+# are the state's, never the WAL's; `stemedb wal verify` reports the gap as expected.
+SEGMENT_FLAG_SKIPS_LSNS = 0x1
+
 SEGMENT_NAME_FORMAT = "segment.{seq:03d}.wal"
 SEGMENT_NAME_RE = re.compile(r"^segment\.(\d{3,})\.wal$")
 PREALLOC_NAME = "segment.next.tmp"
@@ -97,6 +104,12 @@ class SegmentHeader:
     capacity_bytes: int
     created_unix_ns: int = 0
     format_version: int = FORMAT_VERSION
+    flags: int = 0
+
+    @property
+    def skips_lsns(self) -> bool:
+        """The base LSN skips LSNs on purpose (see :data:`SEGMENT_FLAG_SKIPS_LSNS`)."""
+        return bool(self.flags & SEGMENT_FLAG_SKIPS_LSNS)
 
     @property
     def end_lsn(self) -> int:
@@ -104,7 +117,8 @@ class SegmentHeader:
         return self.base_lsn + self.capacity_bytes
 
     def encode(self) -> bytes:
-        body = _SEG_HDR.pack(SEGMENT_MAGIC, self.format_version, SEGMENT_HEADER_SIZE, 0,
+        body = _SEG_HDR.pack(SEGMENT_MAGIC, self.format_version, SEGMENT_HEADER_SIZE,
+                             self.flags,
                              self.seq, self.base_lsn, self.capacity_bytes,
                              self.created_unix_ns, bytes(12))
         return body + struct.pack("<I", crc32c(body))
@@ -115,7 +129,7 @@ class SegmentHeader:
         if len(data) < SEGMENT_HEADER_SIZE:
             raise ValueError(f"short header: {len(data)} of {SEGMENT_HEADER_SIZE} bytes")
         body, (crc,) = data[:60], struct.unpack_from("<I", data, 60)
-        magic, version, hsize, _flags, seq, base, cap, created, _ = _SEG_HDR.unpack(body)
+        magic, version, hsize, flags, seq, base, cap, created, _ = _SEG_HDR.unpack(body)
         if magic != SEGMENT_MAGIC:
             raise ValueError(f"bad magic {magic!r}")
         if crc32c(body) != crc:
@@ -127,7 +141,7 @@ class SegmentHeader:
         if cap <= SEGMENT_HEADER_SIZE:
             raise ValueError(f"bad capacity {cap}")
         return cls(seq=seq, base_lsn=base, capacity_bytes=cap, created_unix_ns=created,
-                   format_version=version)
+                   format_version=version, flags=flags)
 
 
 def encode_frame(rtype: int, lsn: int, payload: bytes) -> bytes:

@@ -399,10 +399,14 @@ def load_chain(fs: FileSystem, wal_dir: str) -> Chain:
                 chain.faults.append(Fault(MISSING_SEGMENT, name, 0, None,
                                           f"missing segment(s) before it: {missing}"))
             elif prev.header and info.header and info.header.base_lsn != prev.header.end_lsn:
+                why = (" (flagged: the server skipped the LSNs the state had applied but "
+                       "the WAL had lost in a crash)"
+                       if info.header.skips_lsns and info.header.base_lsn > prev.header.end_lsn
+                       else "")
                 chain.faults.append(Fault(
                     GAP, name, 0, info.header.base_lsn,
                     f"base LSN {info.header.base_lsn} does not continue "
-                    f"{prev.name} (which ends at LSN {prev.header.end_lsn})"))
+                    f"{prev.name} (which ends at LSN {prev.header.end_lsn}){why}"))
         chain.segments.append(info)
         prev = info
     return chain

@@ -12,6 +12,7 @@ from ..storage import File, FileSystem
 from ._format import (
     FRAME_HEADER_SIZE,
     PREALLOC_NAME,
+    SEGMENT_FLAG_SKIPS_LSNS,
     SEGMENT_HEADER_SIZE,
     SegmentHeader,
     encode_frame,
@@ -200,13 +201,15 @@ class WalWriter:
         """Close the full segment (synced) and switch to the next one.
 
         ``min_base_lsn`` lets recovery start the next segment beyond LSNs the state has
-        already seen (a gap `stemedb wal verify` reports), so LSNs never go backwards.
+        already seen, so LSNs never go backwards; such a segment carries
+        ``SEGMENT_FLAG_SKIPS_LSNS`` and `stemedb wal verify` reports its gap as expected.
         """
         assert self.header is not None and self._file is not None
         self.sync()  # a rotated-away segment is always durable: only the last can be torn
         base = max(self.header.end_lsn, min_base_lsn)
+        flags = SEGMENT_FLAG_SKIPS_LSNS if base > self.header.end_lsn else 0
         nxt = SegmentHeader(self.header.seq + 1, base, self.segment_size_bytes,
-                            self._clock_ns())
+                            self._clock_ns(), flags=flags)
         old = self._file
         self._install_new_segment(nxt)
         old.close()
@@ -231,8 +234,7 @@ class WalWriter:
         except OSError as exc:
             raise WalOpError("rotate", name, exc) from exc
         self._file = f
-        self.header = SegmentHeader(header.seq, header.base_lsn, header.capacity_bytes,
-                                    header.created_unix_ns)
+        self.header = header
         self.offset = self.synced_offset = SEGMENT_HEADER_SIZE
         self._start_prealloc()
 
