@@ -1,4 +1,4 @@
-"""``python -m bench {engine,restart,replay,http} [flags]``: the same as each module's own
+"""``python -m bench {engine,restart,replay,http,stack} [flags]``: the same as each module's own
 ``python -m bench.<name>_bench [flags]``."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import importlib
 import sys
 
 COMMANDS = {"engine": "bench.engine_bench", "restart": "bench.restart_bench",
-            "replay": "bench.replay_bench", "http": "bench.http_bench"}
+            "replay": "bench.replay_bench", "http": "bench.http_bench",
+            "stack": "bench.stack_bench"}
 
 
 def main(argv: list[str] | None = None) -> int:

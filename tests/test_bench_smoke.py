@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench import engine_bench, http_bench, replay_bench, restart_bench
+from bench import engine_bench, http_bench, replay_bench, restart_bench, stack_bench
 
 
 def _run(main: Any, args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -97,3 +97,14 @@ def test_http_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     traced = next(r for r in reads if r["load"].startswith("2 writers, strace,"))
     assert traced["write_p50_ms"] >= 20
     assert [t["target"].startswith("read p99") for t in doc["targets"]].count(True) == 3
+
+
+@pytest.mark.timeout(90)
+def test_stack_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--seconds", "1", "--clients", "4", "--rounds", "1", "--no-peers"]
+    out, doc = _run(stack_bench.main, args, tmp_path, capsys)
+    assert "POST /v1/assertions at 4 clients" in out
+    (rows,) = doc["tables"].values()
+    assert [r["stack"] for r in rows] == list(stack_bench.STACKS)
+    # Every stack really wrote: requests answered, none of them an error status.
+    assert all(r["per_s"] > 0 and r["errors"] == 0 for r in rows), rows
