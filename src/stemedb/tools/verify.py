@@ -308,10 +308,7 @@ def verify_dir(data_dir: str, *, progress: ProgressFn | None = None) -> VerifyRe
             vf = VerifyFault(cf.kind, cf.segment, info.path, cf.offset, cf.lsn, cf.reason,
                              repair_commands(cf.kind, info.path, 0, wal_dir=wal_dir,
                                              later_segments=True))
-            prev_header = segs[i - 1].header if i > 0 else None
-            if (cf.kind == GAP and info.header is not None and info.header.skips_lsns
-                    and prev_header is not None
-                    and info.header.base_lsn > prev_header.end_lsn):
+            if cf.expected:
                 report.flagged_gaps[info.name] = vf
             else:
                 report.faults.append(vf)

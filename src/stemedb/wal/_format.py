@@ -49,14 +49,14 @@ _FRAME_HDR = struct.Struct("<IHBBIIQ")  # 24 bytes
 _FRAME_MAGIC_BYTES = struct.pack("<H", FRAME_MAGIC)
 ZERO_FRAME_HEADER = bytes(FRAME_HEADER_SIZE)
 
-# One format string names segment files and one pattern parses them (etcd's habit):
-# at least three digits, more once the sequence passes 999.
 # Segment header flags.  SKIPS_LSNS: recovery started this segment beyond the previous
-# one's end on purpose, because the state (SQLite) had applied records that the WAL lost
-# in a crash (acknowledged before fsync: fsync = interval or never).  The LSNs between
-# are the state's, never the WAL's; `stemedb wal verify` reports the gap as expected.
+# one's end on purpose, because the state (SQLite) had applied records that the WAL no
+# longer holds.  The LSNs between are the state's, never the WAL's; `stemedb wal verify`
+# reports the gap as expected.
 SEGMENT_FLAG_SKIPS_LSNS = 0x1
 
+# One format string names segment files and one pattern parses them (etcd's habit):
+# at least three digits, more once the sequence passes 999.
 SEGMENT_NAME_FORMAT = "segment.{seq:03d}.wal"
 SEGMENT_NAME_RE = re.compile(r"^segment\.(\d{3,})\.wal$")
 PREALLOC_NAME = "segment.next.tmp"

@@ -68,6 +68,8 @@ class Fault:
     offset: int
     lsn: int | None
     reason: str
+    # A gap the server made on purpose (the segment header's SKIPS_LSNS flag).
+    expected: bool = False
 
     def as_dict(self) -> dict[str, object]:
         return {"kind": self.kind, "segment": self.segment, "offset": self.offset,
@@ -399,14 +401,15 @@ def load_chain(fs: FileSystem, wal_dir: str) -> Chain:
                 chain.faults.append(Fault(MISSING_SEGMENT, name, 0, None,
                                           f"missing segment(s) before it: {missing}"))
             elif prev.header and info.header and info.header.base_lsn != prev.header.end_lsn:
-                why = (" (flagged: the server skipped the LSNs the state had applied but "
-                       "the WAL had lost in a crash)"
-                       if info.header.skips_lsns and info.header.base_lsn > prev.header.end_lsn
-                       else "")
+                expected = (info.header.skips_lsns
+                            and info.header.base_lsn > prev.header.end_lsn)
+                why = (" (flagged: the server skipped LSNs the state had applied but the "
+                       "WAL no longer held)" if expected else "")
                 chain.faults.append(Fault(
                     GAP, name, 0, info.header.base_lsn,
                     f"base LSN {info.header.base_lsn} does not continue "
-                    f"{prev.name} (which ends at LSN {prev.header.end_lsn}){why}"))
+                    f"{prev.name} (which ends at LSN {prev.header.end_lsn}){why}",
+                    expected=expected))
         chain.segments.append(info)
         prev = info
     return chain
