@@ -16,11 +16,12 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -269,3 +270,37 @@ def sample_assertion(i: int) -> dict[str, Any]:
 
 def encode_sample(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+# ------------------------------------------------------------ child server processes --
+def wait_until_serving(proc: subprocess.Popen[bytes], serving: Callable[[], bool],
+                       what: str, log_path: str, timeout_seconds: float) -> None:
+    """Poll ``serving()`` every 0.1 s until it is true; raise if ``proc`` exits first
+    or ``timeout_seconds`` pass.  ``serving`` returns False (or raises OSError, e.g. a
+    refused connection) while the server is not up yet."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:  # bounded by the deadline
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}; see {log_path}")
+        with contextlib.suppress(OSError):
+            if serving():
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not serving after {timeout_seconds}s; see {log_path}")
+        time.sleep(0.1)
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], timeout_seconds: float) -> None:
+    """SIGTERM the process group ``proc`` leads (started with ``start_new_session``),
+    wait, SIGKILL it if it lingers, then SIGKILL whatever of the group is left (strace
+    may exit before its tracee)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout_seconds)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout_seconds)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)

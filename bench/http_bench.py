@@ -40,7 +40,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -59,6 +58,8 @@ from ._common import (
     print_machine,
     run,
     sample_assertion,
+    stop_process_group,
+    wait_until_serving,
 )
 from ._peers import Postgres, Redis, ensure_tool, free_port
 
@@ -191,34 +192,21 @@ class StemeServer:
         self.log = open(os.path.join(self.root, "server.log"), "wb")  # noqa: SIM115 - stop()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True, cwd=self.root)
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while True:  # bounded by the deadline
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"stemedb serve exited with {self.proc.returncode}; "
-                                   f"see {self.log.name}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"stemedb serve not ready after {START_TIMEOUT_SECONDS}s")
-            time.sleep(0.1)
+        wait_until_serving(self.proc, self._ready, "stemedb serve", self.log.name,
+                           START_TIMEOUT_SECONDS)
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(self.url + "/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def stop(self) -> None:
         if self.proc is None:
             return
         proc, self.proc = self.proc, None
         # The server and strace (if any) share the process group this bench created.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(STOP_TIMEOUT_SECONDS)
-        # strace may exit before its tracee: make sure nothing of the group is left.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc, STOP_TIMEOUT_SECONDS)
         self.log.close()
 
     def seed(self, assertions: int) -> int:

@@ -24,13 +24,10 @@ Run: ``python -m bench.stack_bench [--seconds 5] [--clients 64] [--rounds 3]``.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import statistics
 import subprocess
 import sys
-import time
 from typing import Any
 
 import httpx
@@ -43,6 +40,8 @@ from ._common import (
     command_line,
     machine_info,
     print_machine,
+    stop_process_group,
+    wait_until_serving,
 )
 from ._peers import Postgres, ensure_tool, free_port
 from .http_bench import StemeServer, write_scripts, wrk
@@ -72,32 +71,22 @@ class StackServer:
              "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, cwd=os.path.dirname(os.path.dirname(__file__)))
         log.close()
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while True:  # bounded by the deadline
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bench._stacks {self.stack} exited with "
-                                   f"{self.proc.returncode}; see {data}.log")
-            with contextlib.suppress(httpx.HTTPError):
-                # Any HTTP answer means it listens (GET is not a route: 404/405).
-                httpx.get(self.url + "/v1/assertions", timeout=2)
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"bench._stacks {self.stack} not listening after "
-                                   f"{START_TIMEOUT_SECONDS}s")
-            time.sleep(0.1)
+        wait_until_serving(self.proc, self._listening, f"bench._stacks {self.stack}",
+                           data + ".log", START_TIMEOUT_SECONDS)
+
+    def _listening(self) -> bool:
+        try:
+            # Any HTTP answer means it listens (GET is not a route: 404/405).
+            httpx.get(self.url + "/v1/assertions", timeout=2)
+        except httpx.HTTPError:
+            return False
+        return True
 
     def stop(self) -> None:
         if self.proc is None:
             return
         proc, self.proc = self.proc, None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(STOP_TIMEOUT_SECONDS)
+        stop_process_group(proc, STOP_TIMEOUT_SECONDS)
 
 
 def measure(server: Any, script: str, clients: int, seconds: float) -> dict[str, Any]:
