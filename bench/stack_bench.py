@@ -90,8 +90,8 @@ class StackServer:
 
 
 def measure(server: Any, script: str, clients: int, seconds: float) -> dict[str, Any]:
-    server.start()
     try:
+        server.start()  # a start that times out still leaves a process to stop
         return wrk(server.url, script, clients, seconds)
     finally:
         server.stop()
