@@ -158,6 +158,8 @@ def _empty(tmp_path: Path) -> str:
     ("[server]\nlisten = \"nowhere\"\n", {}, "server.listen"),
     ("[server]\nbody_bytes_max = \"lots\"\n", {}, "server.body_bytes_max"),
     ("[server]\ncolour = \"blue\"\n", {}, "server.colour"),
+    ("[server]\nreader_threads = 0\n", {}, "server.reader_threads"),
+    ("", {"STEMEDB_SERVER_READER_THREADS": "65"}, "server.reader_threads"),
     ("[auth]\ntokens = [{ name = \"x\", token = \"\" }]\n", {}, "auth.tokens[0]"),
     ("not toml at all = = =\n", {}, "not valid TOML"),
 ])

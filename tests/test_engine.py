@@ -495,6 +495,22 @@ def test_checkpoints_never_collide_with_a_backfill_pass(
         e.close()
 
 
+def test_reader_threads_come_from_config(tmp_path: Path) -> None:
+    from stemedb.config import load_config
+
+    assert load_config(None, env={}).engine_config().reader_threads == limits.reader_threads
+    three = load_config(None, env={"STEMEDB_SERVER_READER_THREADS": "3"}).engine_config()
+    e = Engine(tmp_path / "db", cfg(reader_threads=three.reader_threads))
+    e.recover()
+    e.start()
+    try:
+        names = {t.name for t in threading.enumerate() if t.name.startswith("stemedb-reader")}
+        assert len(names) == 3
+        assert e.read(lambda c: c.execute("SELECT 1").fetchone()[0]).result() == 1
+    finally:
+        e.close()
+
+
 def test_backfill_can_be_turned_off_by_config(tmp_path: Path) -> None:
     from stemedb.config import load_config
 

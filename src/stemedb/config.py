@@ -11,6 +11,7 @@ Layout (every key optional; defaults below)::
     body_bytes_max = 8388608               # 8 MiB
     drain_grace_seconds = 30.0
     insecure_allow_unauthenticated = false # bind beyond loopback with no tokens
+    reader_threads = 2                     # SQLite read connections, a thread each
 
     [wal]
     fsync = "always"                       # "always" | "interval" | "never"
@@ -66,6 +67,7 @@ SCHEMA: dict[tuple[str, str], tuple[type, Any]] = {
     ("server", "body_bytes_max"): (int, limits.http_body_bytes_max),
     ("server", "drain_grace_seconds"): (float, limits.http_drain_grace_seconds),
     ("server", "insecure_allow_unauthenticated"): (bool, False),
+    ("server", "reader_threads"): (int, limits.reader_threads),
     ("wal", "fsync"): (str, "always"),
     ("wal", "fsync_interval_ms"): (int, limits.fsync_interval_ms_default),
     ("wal", "segment_size_bytes"): (int, limits.segment_size_bytes_default),
@@ -127,6 +129,7 @@ class Config:
             replay_budget_seconds=v[("checkpoint", "replay_budget_seconds")],
             sqlite_backfill=v[("checkpoint", "backfill")],
             idempotency_ttl_seconds=v[("idempotency", "ttl_seconds")],
+            reader_threads=v[("server", "reader_threads")],
         )
         try:
             cfg.validate()

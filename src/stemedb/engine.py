@@ -107,7 +107,7 @@ class EngineConfig:
                 f"wal.segment_size_bytes must be between {limits.segment_size_bytes_min} and "
                 f"{limits.segment_size_bytes_max}, got {self.segment_size_bytes}")
         for name in ("fsync_interval_ms", "batch_records_max", "batch_bytes_max",
-                     "submit_queue_requests_max", "reader_threads"):
+                     "submit_queue_requests_max"):
             if getattr(self, name) < 1:
                 raise InvalidInput(f"{name} must be at least 1")
         for name in ("disk_reserve_bytes", "checkpoint_wal_bytes",
@@ -115,6 +115,9 @@ class EngineConfig:
                      "idempotency_ttl_seconds"):
             if getattr(self, name) < 0:
                 raise InvalidInput(f"{name} must not be negative")
+        if not 1 <= self.reader_threads <= limits.reader_threads_max:
+            raise InvalidInput(f"server.reader_threads must be between 1 and "
+                               f"{limits.reader_threads_max}, got {self.reader_threads}")
 
 
 @dataclass

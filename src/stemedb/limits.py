@@ -77,7 +77,13 @@ replay_progress_interval_seconds = 2.0  # log line cadence during replay
 gil_switch_interval_seconds = 0.001  # sys.setswitchinterval in `stemedb serve`
 
 # --- reads ----------------------------------------------------------------------
-reader_threads = 4  # SQLite read connections owned by the engine
+# SQLite read connections, one thread each, owned by the engine.  More threads than
+# cores only add GIL hand-offs: on the 2-core benchmark machine, 2 instead of 4 cut the
+# GET p99 under 16 writers from ~13.5 to ~9.8 ms and at 16 readers alone from ~34 to
+# 11-26 ms, at the same rates (docs/benchmarks.md section 8).  1 was lower still, but
+# one slow query would then hold up every other read.
+reader_threads = 2
+reader_threads_max = 64
 read_batch_max = 64  # reads one reader thread takes per wake-up
 # A background pass copying SQLite's WAL into the database file (stemedb.backfill), so
 # the writer-blocking part of a checkpoint stays short: at most one pass per interval,
