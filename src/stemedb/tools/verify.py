@@ -115,9 +115,6 @@ class VerifyReport:
     notes: list[str] = field(default_factory=list)
     applied_end_lsn: int | None = None
     checkpoint_lsn: int | None = None
-    # Gaps the server made on purpose (SEGMENT_FLAG_SKIPS_LSNS), until the state's
-    # applied LSN says whether they are harmless: segment name -> the chain's fault.
-    flagged_gaps: dict[str, VerifyFault] = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -301,6 +298,9 @@ def verify_dir(data_dir: str, *, progress: ProgressFn | None = None) -> VerifyRe
             progress(min(done, total), total)
 
     chain_faults = {f.segment: f for f in chain.faults}
+    # Gaps the server made on purpose (SEGMENT_FLAG_SKIPS_LSNS), until the state's
+    # applied LSN says whether they are harmless.
+    expected_gaps: list[VerifyFault] = []
     for i, info in enumerate(segs):
         later = i < len(segs) - 1
         cf = chain_faults.get(info.name)
@@ -309,7 +309,7 @@ def verify_dir(data_dir: str, *, progress: ProgressFn | None = None) -> VerifyRe
                              repair_commands(cf.kind, info.path, 0, wal_dir=wal_dir,
                                              later_segments=True))
             if cf.expected:
-                report.flagged_gaps[info.name] = vf
+                expected_gaps.append(vf)
             else:
                 report.faults.append(vf)
         summary = SegmentSummary(info.name, info.path, info.seq, None, None, info.file_size)
@@ -336,11 +336,11 @@ def verify_dir(data_dir: str, *, progress: ProgressFn | None = None) -> VerifyRe
         if fault is not None:
             report.faults.append(fault)
     _check_state(report)
-    _settle_flagged_gaps(report)
+    _settle_expected_gaps(report, expected_gaps)
     return report
 
 
-def _settle_flagged_gaps(report: VerifyReport) -> None:
+def _settle_expected_gaps(report: VerifyReport, gaps: list[VerifyFault]) -> None:
     """A gap the server made on purpose is a note while the state is past it.
 
     The skipped LSNs are records the state applied and the WAL lost; a state whose
@@ -348,7 +348,7 @@ def _settle_flagged_gaps(report: VerifyReport) -> None:
     from a backup, say) would need them from the WAL: then the gap is a fault.
     """
     applied = report.applied_end_lsn
-    for name, fault in report.flagged_gaps.items():
+    for fault in gaps:
         base = fault.lsn
         assert base is not None
         if applied is not None and applied < base:
@@ -357,7 +357,7 @@ def _settle_flagged_gaps(report: VerifyReport) -> None:
                 f"{fault.reason}; the state has applied only up to LSN {applied}, so it "
                 "needs records the WAL does not hold", fault.repair))
         else:
-            report.notes.append(f"expected gap before {name} (the state holds the skipped "
+            report.notes.append(f"expected gap before {fault.segment} (the state holds the skipped "
                                 f"records): {fault.reason}")
 
 
