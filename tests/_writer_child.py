@@ -1,6 +1,6 @@
 """A child process that writes to an engine under load and reports every ack.
 
-Usage: python tests/_writer_child.py DATA_DIR THREADS COUNT [fsync]
+Usage: python tests/_writer_child.py DATA_DIR THREADS COUNT [fsync [WAL_DIR]]
 
 Prints one line per acknowledged write, ``ACK <id> <subject>``, flushed before
 the next write is sent, and ``ERR <code> <subject>`` for a refused one.
@@ -20,10 +20,11 @@ from stemedb.wal import RecordType
 def main() -> None:
     data_dir, threads, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     fsync = sys.argv[4] if len(sys.argv) > 4 else "always"
+    wal_dir = sys.argv[5] if len(sys.argv) > 5 else ""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     cfg = EngineConfig(fsync=fsync, segment_size_bytes=256 * 1024, disk_reserve_bytes=0,
-                       checkpoint_wal_bytes=512 * 1024)
+                       checkpoint_wal_bytes=512 * 1024, wal_dir=wal_dir)
     eng = Engine(data_dir, cfg)
     eng.recover()
     eng.start()

@@ -51,15 +51,18 @@ def _check_state(data_dir: Path, acked: dict[int, str]) -> int:
     return len(have)
 
 
-def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
+@pytest.mark.parametrize("wal_dir", ["", "waldisk"],
+                         ids=["wal in the data dir", "wal dir of its own"])
+def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path, wal_dir: str) -> None:
     seed = int(os.environ.get("STEMEDB_KILL_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
     data = tmp_path / "db"
+    child_args = ["always", str(tmp_path / wal_dir)] if wal_dir else []
     acked: dict[int, str] = {}
     rounds = 3
     for rnd in range(rounds):
         target = rng.randint(100, 1500)
-        proc = subprocess.Popen([sys.executable, CHILD, str(data), "8", "100000"],
+        proc = subprocess.Popen([sys.executable, CHILD, str(data), "8", "100000", *child_args],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert proc.stdout is not None
         lines: list[str] = []
@@ -80,6 +83,8 @@ def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
         acked.update(new)
         total = _check_state(data, acked)
         assert total >= len(acked)
+        if wal_dir:
+            assert os.readlink(data / "wal") == str(tmp_path / wal_dir)
     print(f"kill -9: {rounds} rounds, {len(acked)} acknowledged writes survived (seed={seed})")
 
 

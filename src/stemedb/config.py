@@ -14,6 +14,8 @@ Layout (every key optional; defaults below)::
     reader_threads = 2                     # SQLite read connections, a thread each
 
     [wal]
+    dir = ""                               # "" = <data_dir>/wal; else a directory on a
+                                           # disk of its own, linked as <data_dir>/wal
     fsync = "always"                       # "always" | "interval" | "never"
     fsync_interval_ms = 100
     segment_size_bytes = 67108864          # 64 MiB
@@ -68,6 +70,7 @@ SCHEMA: dict[tuple[str, str], tuple[type, Any]] = {
     ("server", "drain_grace_seconds"): (float, limits.http_drain_grace_seconds),
     ("server", "insecure_allow_unauthenticated"): (bool, False),
     ("server", "reader_threads"): (int, limits.reader_threads),
+    ("wal", "dir"): (str, ""),
     ("wal", "fsync"): (str, "always"),
     ("wal", "fsync_interval_ms"): (int, limits.fsync_interval_ms_default),
     ("wal", "segment_size_bytes"): (int, limits.segment_size_bytes_default),
@@ -130,6 +133,7 @@ class Config:
             sqlite_backfill=v[("checkpoint", "backfill")],
             idempotency_ttl_seconds=v[("idempotency", "ttl_seconds")],
             reader_threads=v[("server", "reader_threads")],
+            wal_dir=v[("wal", "dir")],
         )
         try:
             cfg.validate()

@@ -48,6 +48,7 @@ from .errors import (
     Unavailable,
     WalFsyncFailed,
 )
+from .layout import place_wal_dir
 from .metrics import Metrics
 from .model import encode_json, validate_assertion, validate_batch, validate_vote
 from .readers import ReaderPool
@@ -91,6 +92,9 @@ class EngineConfig:
     submit_queue_requests_max: int = limits.submit_queue_requests_max
     log_fsync_errors: bool = False
     reader_threads: int = limits.reader_threads
+    # The WAL on a disk of its own: "" keeps it in <data-dir>/wal; a directory makes
+    # <data-dir>/wal a link to it on the first start (stemedb.layout).
+    wal_dir: str = ""
     # Copy SQLite's WAL into its database file in the background (stemedb.backfill): a
     # short checkpoint stall under heavy writes, for syncs beside the WAL's fdatasync.
     sqlite_backfill: bool = True
@@ -333,6 +337,8 @@ class Engine:
         self.config.validate()
         self.data_dir = os.fspath(data_dir)
         self.wal_dir = os.path.join(self.data_dir, "wal")
+        # Where the segments really are: <data-dir>/wal, or wal_dir when that is set.
+        self.wal_resolved_dir = os.path.abspath(self.config.wal_dir or self.wal_dir)
         self.db_path = os.path.join(self.data_dir, "state.sqlite3")
         self.fs = fs or OsFileSystem()
         self.m = metrics or Metrics()
@@ -369,6 +375,7 @@ class Engine:
         self._apply_bytes_per_s = float(limits.replay_throughput_bytes_per_second_initial)
         self._last_fsync_mono = time.monotonic()
         self._disk: DiskUsage | None = None
+        self._state_disk: DiskUsage | None = None  # probed only when wal_dir is set
         self._disk_checked_mono = 0.0
         self.applied_records = 0
         self.last_fsync_seconds: float | None = None
@@ -406,6 +413,7 @@ class Engine:
 
     def _recover(self, progress: Callable[[ReplayProgress], None] | None, t0: float
                  ) -> RecoveryReport:
+        self.place_wal_dir()
         self.fs.makedirs(self.wal_dir)
         tmp = os.path.join(self.wal_dir, PREALLOC_NAME)
         if self.fs.exists(tmp):
@@ -577,6 +585,20 @@ class Engine:
         self.m.replay_throughput_bytes_per_second.set(self._apply_bytes_per_s)
         self._update_wal_gauges()
         return report
+
+    def place_wal_dir(self) -> None:
+        """Link ``<data-dir>/wal`` to ``wal_dir`` when it is set, or check the link.
+
+        Idempotent; :meth:`recover` calls it first, and the server before it listens,
+        so that a data directory paired with another WAL directory is refused at start.
+        """
+        if not self.config.wal_dir:
+            return
+        if not isinstance(self.fs, OsFileSystem):
+            raise InvalidInput("wal_dir places the WAL on the real file system only")
+        if place_wal_dir(self.data_dir, self.config.wal_dir):
+            log.info("the WAL is in %s: %s links there", os.path.abspath(self.config.wal_dir),
+                     self.wal_dir)
 
     def _drop_indexes_for_replay(self, conn: sqlite3.Connection, replay_bytes: int) -> bool:
         """Drop the assertion indexes before a replay that will build most of the table.
@@ -988,11 +1010,15 @@ class Engine:
         self._probe_disk()
 
     def _probe_disk(self, force: bool = False) -> DiskUsage | None:
+        """statvfs of the WAL's filesystem (and of the state's, when ``wal_dir`` puts the
+        WAL elsewhere), at most every ``disk_probe_interval_seconds``."""
         now = time.monotonic()
         if force or self._disk is None or (
                 now - self._disk_checked_mono >= limits.disk_probe_interval_seconds):
             try:
                 self._disk = self.fs.disk_usage(self.wal_dir)
+                self._state_disk = (self.fs.disk_usage(self.data_dir)
+                                    if self.config.wal_dir else None)
             except OSError as exc:
                 self.m.storage_errors_total.labels(operation="statvfs").inc()
                 log.error("cannot read free space of %s: %s", self.wal_dir, exc)
@@ -1003,12 +1029,25 @@ class Engine:
             self.m.wal_fs_size_bytes.set(d.size_bytes)
             self.m.wal_fs_free_inodes.set(d.free_inodes)
             self.m.wal_fs_inodes.set(d.inodes)
+            sd = self._state_disk or d  # the same filesystem unless wal_dir is set
+            self.m.state_fs_free_bytes.set(sd.free_bytes)
+            self.m.state_fs_size_bytes.set(sd.size_bytes)
             self.m.disk_guard_reserve_bytes.set(self.config.disk_reserve_bytes)
         return self._disk
 
+    def disk_guard_refusal(self) -> str | None:
+        """Why the disk guard refuses writes now, or None when it does not."""
+        self._probe_disk()
+        reserve = self.config.disk_reserve_bytes
+        for d, what in ((self._disk, "the WAL filesystem"),
+                        (self._state_disk, f"the state's filesystem ({self.data_dir})")):
+            if d is not None and d.free_bytes < reserve:
+                return (f"the disk guard refuses writes: {d.free_bytes} bytes free on {what}, "
+                        f"under the reserve of {reserve} bytes")
+        return None
+
     def disk_guard_refuses(self) -> bool:
-        d = self._probe_disk()
-        return d is not None and d.free_bytes < self.config.disk_reserve_bytes
+        return self.disk_guard_refusal() is not None
 
     def _commit(self, batch: list[_Pending], *, sync: bool | None = None) -> None:
         """One group commit.  Runs on the writer thread only."""
@@ -1026,14 +1065,12 @@ class Engine:
             err = self._fence_error()
             out.extend((p, None, err) for p in batch)
             return
-        if self.disk_guard_refuses() and batch[0].request.type != RecordType.GENESIS:
-            d = self._disk
-            assert d is not None
+        refusal = self.disk_guard_refusal()
+        if refusal is not None and batch[0].request.type != RecordType.GENESIS:
             self.m.disk_guard_refusals_total.inc(len(batch))
             err2 = InsufficientStorage(
-                f"the disk guard refuses writes: {d.free_bytes} bytes free on the WAL "
-                f"filesystem, under the reserve of {self.config.disk_reserve_bytes} bytes",
-                hint="free space or grow the filesystem holding the WAL (see the disk-full "
+                refusal,
+                hint="free space or grow the filesystem it names (see the disk-full "
                      "runbook); reads keep working")
             out.extend((p, None, err2) for p in batch)
             return
@@ -1376,9 +1413,11 @@ class Engine:
         """A cheap snapshot of the engine (no I/O but a cached statvfs)."""
         w = self._writer
         d = self._disk
+        sd = self._state_disk or d
         return {
             "wal": {
                 "dir": self.wal_dir,
+                "resolved_dir": self.wal_resolved_dir,
                 "segment": w.segment if w and w.header else None,
                 "segments": len(self._segments),
                 "size_bytes": sum(s.capacity_bytes for s in self._segments),
@@ -1402,10 +1441,12 @@ class Engine:
                 "replay_budget_seconds": self.config.replay_budget_seconds,
             },
             "replay": self.progress.as_dict(),
-            "disk": None if d is None else {
+            "disk": None if d is None or sd is None else {
                 "free_bytes": d.free_bytes, "size_bytes": d.size_bytes,
                 "free_inodes": d.free_inodes, "reserve_bytes": self.config.disk_reserve_bytes,
-                "refusing_writes": d.free_bytes < self.config.disk_reserve_bytes},
+                "state_free_bytes": sd.free_bytes, "state_size_bytes": sd.size_bytes,
+                "refusing_writes": min(d.free_bytes, sd.free_bytes)
+                < self.config.disk_reserve_bytes},
             "holds": self.holds(),
             "archive": {"configured": False,
                         "note": "no archiver is built yet; holds are the hook it will use"},

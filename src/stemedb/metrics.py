@@ -495,6 +495,17 @@ class Metrics:
             "does not count them).",
             registry=r,
         )
+        self.state_fs_free_bytes = Gauge(
+            "stemedb_state_fs_free_bytes",
+            "Bytes available to StemeDB on the filesystem holding the state database "
+            "(the WAL's own filesystem unless wal.dir puts the WAL elsewhere).",
+            registry=r,
+        )
+        self.state_fs_size_bytes = Gauge(
+            "stemedb_state_fs_size_bytes",
+            "Size in bytes of the filesystem holding the state database.",
+            registry=r,
+        )
         self.disk_guard_reserve_bytes = Gauge(
             "stemedb_disk_guard_reserve_bytes",
             "Free bytes the disk guard keeps in reserve: writes get 507 below it "

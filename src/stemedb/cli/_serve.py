@@ -42,6 +42,10 @@ def _set_process_name() -> None:
               help=f"TOML config file [default: {DEFAULT_CONFIG_PATH} when present]")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help=f"data directory (STEMEDB_DATA_DIR) [default: {DEFAULT_DATA_DIR}]")
+@click.option("--wal-dir", type=click.Path(file_okay=False), default=None,
+              help="keep the WAL in this directory, on a disk of its own; the data "
+                   "directory links to it as wal/ (STEMEDB_WAL_DIR) [default: "
+                   "<data-dir>/wal]")
 @click.option("--listen", default=None, metavar="HOST:PORT",
               help=f"address to listen on (STEMEDB_SERVER_LISTEN) [default: {DEFAULT_LISTEN}]")
 @click.option("--log-format", type=click.Choice(LOG_FORMATS), default=None,
@@ -52,8 +56,9 @@ def _set_process_name() -> None:
 @click.option(INSECURE_FLAG, "insecure", is_flag=True, default=False,
               help="allow listening beyond loopback with no auth tokens configured "
                    "(anyone who reaches the port can write and administer) [default: off]")
-def serve(config_path: str | None, data_dir: str | None, listen: str | None,
-          log_format: str | None, log_level: str | None, insecure: bool) -> None:
+def serve(config_path: str | None, data_dir: str | None, wal_dir: str | None,
+          listen: str | None, log_format: str | None, log_level: str | None,
+          insecure: bool) -> None:
     """Run the server: listen, replay the WAL, serve the API.
 
     Configuration comes from the TOML file, then STEMEDB_* variables, then these
@@ -61,7 +66,8 @@ def serve(config_path: str | None, data_dir: str | None, listen: str | None,
 
     Example: stemedb serve --data-dir ./stemedb-data --listen 127.0.0.1:18180
     """
-    overrides = {("", "data_dir"): data_dir, ("server", "listen"): listen,
+    overrides = {("", "data_dir"): data_dir, ("wal", "dir"): wal_dir,
+                 ("server", "listen"): listen,
                  ("server", "log_format"): log_format, ("server", "log_level"): log_level}
     try:
         cfg = load_config(config_path, env=os.environ, overrides=overrides)
@@ -77,6 +83,8 @@ def serve(config_path: str | None, data_dir: str | None, listen: str | None,
     sys.setswitchinterval(limits.gil_switch_interval_seconds)
     effective = cfg.effective()
     effective["data_dir"] = os.path.abspath(cfg.data_dir)
+    if effective["wal.dir"]:
+        effective["wal.dir"] = os.path.abspath(effective["wal.dir"])
     # One line; in JSON logs the configuration is also a structured field.
     log.info("effective config (from %s; secrets masked): %s",
              cfg.source or "defaults and environment", json.dumps(effective, sort_keys=True),

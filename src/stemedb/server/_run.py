@@ -26,6 +26,7 @@ from aiohttp import web
 
 from .. import limits
 from ..config import Config
+from ..errors import StemeError
 from ..metrics import Metrics
 from ._app import build_app
 from ._auth import check_bind
@@ -120,6 +121,11 @@ async def serve(config: Config, *, insecure_allow_unauthenticated: bool = False,
         log.warning("serving without authentication on %s:%d (insecure, as requested)",
                     host, port)
     node = Node(config, metrics, writer_host=writer_host)
+    try:  # a data directory paired with another WAL directory is refused at start
+        await asyncio.get_running_loop().run_in_executor(None, node.engine.place_wal_dir)
+    except (StemeError, OSError) as exc:
+        log.error("cannot place the WAL: %s", exc)
+        return Exit.REFUSED
     grace = node.drain_grace_seconds
     runner = web.AppRunner(build_app(node), access_log=None, handle_signals=False,
                            shutdown_timeout=grace)

@@ -120,11 +120,14 @@ def _mib(n: int | float) -> str:
 
 # -- filesystem ----------------------------------------------------------------------
 
-def check_disk_space(wal_dir: str, reserve_bytes: int) -> Finding:
+def check_disk_space(wal_dir: str, reserve_bytes: int, *, check: str = "disk_space",
+                     what: str = "WAL filesystem") -> Finding:
+    """Free space and inodes of ``wal_dir``'s filesystem against the write reserve
+    (``check``/``what`` name another filesystem the guard watches: the state's)."""
     try:
         st = os.statvfs(wal_dir)
     except OSError as exc:
-        return Finding("disk_space", "critical", f"cannot read free space of {wal_dir}: "
+        return Finding(check, "critical", f"cannot read free space of {wal_dir}: "
                        f"{exc.strerror}", runbook=RB_STORAGE_ERRORS)
     size = st.f_blocks * st.f_frsize
     free = st.f_bavail * st.f_frsize
@@ -137,23 +140,23 @@ def check_disk_space(wal_dir: str, reserve_bytes: int) -> Finding:
               f"inodes {st.f_favail:,} free of {st.f_files:,} ({inodes_used_pct:.1f}% used); "
               f"write reserve ([wal] disk_reserve_bytes) {_mib(reserve_bytes)}")
     if free < reserve_bytes:
-        return Finding("disk_space", "critical",
+        return Finding(check, "critical",
                        f"free space {_mib(free)} is under the write reserve "
                        f"{_mib(reserve_bytes)}: the server answers every write with 507",
                        detail, RB_DISK_FULL, data)
     if used_pct > DISK_USED_PERCENT_CRITICAL:
-        return Finding("disk_space", "critical", f"WAL filesystem {used_pct:.1f}% used",
+        return Finding(check, "critical", f"{what} {used_pct:.1f}% used",
                        detail, RB_DISK_FULL, data)
     if used_pct > DISK_USED_PERCENT_WARNING or free < 2 * reserve_bytes:
-        return Finding("disk_space", "warning", f"WAL filesystem {used_pct:.1f}% used, "
+        return Finding(check, "warning", f"{what} {used_pct:.1f}% used, "
                        f"{_mib(free)} free", detail, RB_DISK_FULL, data)
     if inodes_used_pct > INODES_USED_PERCENT_WARNING:
-        return Finding("disk_space", "warning", f"WAL filesystem inodes "
+        return Finding(check, "warning", f"{what} inodes "
                        f"{inodes_used_pct:.1f}% used", detail, RB_DISK_FULL, data)
     if used_pct > DISK_USED_PERCENT_INFO:
-        return Finding("disk_space", "info", f"WAL filesystem {used_pct:.1f}% used",
+        return Finding(check, "info", f"{what} {used_pct:.1f}% used",
                        detail, RB_DISK_FULL, data)
-    return Finding("disk_space", "ok", f"{_mib(free)} free ({used_pct:.1f}% used)", detail,
+    return Finding(check, "ok", f"{_mib(free)} free ({used_pct:.1f}% used)", detail,
                    data=data)
 
 
@@ -607,6 +610,13 @@ def check_server(url: str, view: ServerView) -> list[Finding]:
 
 # -- all together --------------------------------------------------------------------
 
+def _on_another_filesystem(data_dir: str, wal_dir: str) -> bool:
+    try:
+        return os.stat(data_dir).st_dev != os.stat(wal_dir).st_dev
+    except OSError:
+        return False
+
+
 def run_doctor(data_dir: str, url: str | None = None, *,
                reserve_bytes: int = limits.disk_reserve_bytes_default,
                token: str | None = None,
@@ -622,6 +632,10 @@ def run_doctor(data_dir: str, url: str | None = None, *,
     report.wal_dir = wal_dir
     if wal_dir is not None:
         report.findings.append(check_disk_space(wal_dir, reserve_bytes))
+        if _on_another_filesystem(data_dir, wal_dir):  # wal.dir: the WAL on its own disk
+            report.findings.append(check_disk_space(data_dir, reserve_bytes,
+                                                    check="state_disk_space",
+                                                    what="state filesystem"))
         write = check_write(wal_dir)
         report.findings.append(write)
         report.findings.append(check_mount(wal_dir))
