@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from stemedb.cli import cli as stemedb_cli
 from stemedb.cli._wal import wal_repair_command, wal_verify_command
+from stemedb.config import SCHEMA
 from stemedb.metrics import Metrics
 from tests.test_alert_rules import declared_metric_names, metric_names_in
 
@@ -348,12 +349,7 @@ def test_metric_names_in_the_docs_are_declared() -> None:
 
 
 def test_config_keys_are_the_documented_ones() -> None:
-    keys = {
-        "wal": {"fsync", "fsync_interval_ms", "segment_size_bytes", "log_fsync_errors",
-                "disk_reserve_bytes", "recovery_mode"},
-        "checkpoint": {"wal_bytes", "interval_seconds", "replay_budget_seconds",
-                       "backfill"},
-    }  # fmt: skip
+    keys = {table: {k for t, k in SCHEMA if t == table} for table in ("wal", "checkpoint")}
     for path in docs():
         for table, key in re.findall(r"\[(wal|checkpoint)\] (\w+)", path.read_text()):
             assert key in keys[table], f"{path.name}: unknown key [{table}] {key}"
