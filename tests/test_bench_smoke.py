@@ -29,18 +29,24 @@ def _run(main: Any, args: list[str], tmp_path: Path, capsys: pytest.CaptureFixtu
 
 @pytest.mark.timeout(60)
 def test_engine_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state_dir = tmp_path / "other-disk"
+    state_dir.mkdir()
     out, doc = _run(engine_bench.main, ["--seconds", "0.3", "--warmup", "0.05",
-                                        "--submitters", "1,4"], tmp_path, capsys)
+                                        "--submitters", "1,4", "--state-dir", str(state_dir)],
+                    tmp_path, capsys)
     assert "Durable writes" in out and "Targets" in out
     (rows,) = doc["tables"].values()
     systems = [(" ".join(r["system"].split()[:3]), r["submitters"]) for r in rows]
     assert systems == [
         ("raw fdatasync (200", 1), ("raw fdatasync (200", 1),
         ("StemeDB engine, threads", 1), ("StemeDB engine, asyncio", 1),
-        ("SQLite WAL synchronous=FULL", 1),
+        ("StemeDB engine, asyncio,", 1), ("SQLite WAL synchronous=FULL", 1),
         ("StemeDB engine, threads", 4), ("StemeDB engine, asyncio", 4),
-        ("SQLite WAL synchronous=FULL", 4)]
+        ("StemeDB engine, asyncio,", 4), ("SQLite WAL synchronous=FULL", 4)]
+    assert [r["system"] for r in rows].count(engine_bench.SPLIT_LABEL) == 2
     assert all(r["writes"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
+    assert all(r["p999_ms"] >= r["p99_ms"] for r in rows if "p999_ms" in r)
+    assert list(state_dir.iterdir()) == []  # the split cells' state directories removed
     assert {t["target"] for t in doc["targets"]} >= {
         "1 submitter (threads) p50 vs raw fdatasync (preallocated)",
         "1 submitter (asyncio) p50 vs raw fdatasync (preallocated)"}
