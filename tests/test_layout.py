@@ -158,11 +158,18 @@ class LowStateDisk(OsFileSystem):
         return real
 
 
-def test_the_disk_guard_watches_the_state_filesystem_too(tmp_path: Path) -> None:
-    data = tmp_path / "data"
+@pytest.mark.parametrize("how", ["wal.dir", "a link made by hand"])
+def test_the_disk_guard_watches_the_state_filesystem_too(tmp_path: Path, how: str) -> None:
+    data, waldisk = tmp_path / "data", tmp_path / "waldisk"
     fs, m = LowStateDisk(data), Metrics()
-    e = Engine(data, cfg(wal_dir=str(tmp_path / "waldisk"), disk_reserve_bytes=1 << 20),
-               fs=fs, metrics=m)
+    if how == "wal.dir":
+        config = cfg(wal_dir=str(waldisk), disk_reserve_bytes=1 << 20)
+    else:  # the documented move of an existing WAL, before wal.dir is set
+        waldisk.mkdir()
+        data.mkdir()
+        os.symlink(waldisk, data / "wal")
+        config = cfg(disk_reserve_bytes=1 << 20)
+    e = Engine(data, config, fs=fs, metrics=m)
     e.recover()
     e.start()
     with pytest.raises(InsufficientStorage) as info:
@@ -172,8 +179,10 @@ def test_the_disk_guard_watches_the_state_filesystem_too(tmp_path: Path) -> None
     assert m.registry.get_sample_value("stemedb_state_fs_free_bytes") == 1000
     wal_free = m.registry.get_sample_value("stemedb_wal_fs_free_bytes")
     assert wal_free is not None and wal_free > 1 << 20
-    disk = e.status()["disk"]
-    assert disk["refusing_writes"] is True and disk["state_free_bytes"] == 1000
+    status = e.status()
+    assert status["disk"]["refusing_writes"] is True
+    assert status["disk"]["state_free_bytes"] == 1000
+    assert status["wal"]["resolved_dir"] == str(waldisk)
     assert count(e) == 0  # reads work; nothing was written
     fs.low = False
     e._disk = None  # re-probe now

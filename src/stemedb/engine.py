@@ -375,7 +375,8 @@ class Engine:
         self._apply_bytes_per_s = float(limits.replay_throughput_bytes_per_second_initial)
         self._last_fsync_mono = time.monotonic()
         self._disk: DiskUsage | None = None
-        self._state_disk: DiskUsage | None = None  # probed only when wal_dir is set
+        self._state_disk: DiskUsage | None = None  # probed only when the WAL is linked
+        self._wal_linked = False  # <data-dir>/wal is a link to another directory
         self._disk_checked_mono = 0.0
         self.applied_records = 0
         self.last_fsync_seconds: float | None = None
@@ -415,6 +416,10 @@ class Engine:
                  ) -> RecoveryReport:
         self.place_wal_dir()
         self.fs.makedirs(self.wal_dir)
+        if isinstance(self.fs, OsFileSystem) and os.path.islink(self.wal_dir):
+            # Linked by wal_dir, or by hand: the state is on a filesystem of its own.
+            self._wal_linked = True
+            self.wal_resolved_dir = os.path.realpath(self.wal_dir)
         tmp = os.path.join(self.wal_dir, PREALLOC_NAME)
         if self.fs.exists(tmp):
             self.fs.remove(tmp)
@@ -1010,18 +1015,19 @@ class Engine:
         self._probe_disk()
 
     def _probe_disk(self, force: bool = False) -> DiskUsage | None:
-        """statvfs of the WAL's filesystem (and of the state's, when ``wal_dir`` puts the
-        WAL elsewhere), at most every ``disk_probe_interval_seconds``."""
+        """statvfs of the WAL's filesystem (and of the state's, when ``<data-dir>/wal``
+        links elsewhere), at most every ``disk_probe_interval_seconds``."""
         now = time.monotonic()
         if force or self._disk is None or (
                 now - self._disk_checked_mono >= limits.disk_probe_interval_seconds):
+            path = self.wal_dir
             try:
-                self._disk = self.fs.disk_usage(self.wal_dir)
-                self._state_disk = (self.fs.disk_usage(self.data_dir)
-                                    if self.config.wal_dir else None)
+                self._disk = self.fs.disk_usage(path)
+                path = self.data_dir
+                self._state_disk = self.fs.disk_usage(path) if self._wal_linked else None
             except OSError as exc:
                 self.m.storage_errors_total.labels(operation="statvfs").inc()
-                log.error("cannot read free space of %s: %s", self.wal_dir, exc)
+                log.error("cannot read free space of %s: %s", path, exc)
                 return self._disk
             self._disk_checked_mono = now
             d = self._disk
@@ -1029,7 +1035,7 @@ class Engine:
             self.m.wal_fs_size_bytes.set(d.size_bytes)
             self.m.wal_fs_free_inodes.set(d.free_inodes)
             self.m.wal_fs_inodes.set(d.inodes)
-            sd = self._state_disk or d  # the same filesystem unless wal_dir is set
+            sd = self._state_disk or d  # the same filesystem unless the WAL is linked
             self.m.state_fs_free_bytes.set(sd.free_bytes)
             self.m.state_fs_size_bytes.set(sd.size_bytes)
             self.m.disk_guard_reserve_bytes.set(self.config.disk_reserve_bytes)
