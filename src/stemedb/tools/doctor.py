@@ -120,14 +120,14 @@ def _mib(n: int | float) -> str:
 
 # -- filesystem ----------------------------------------------------------------------
 
-def check_disk_space(wal_dir: str, reserve_bytes: int, *, check: str = "disk_space",
+def check_disk_space(path: str, reserve_bytes: int, *, check: str = "disk_space",
                      what: str = "WAL filesystem") -> Finding:
-    """Free space and inodes of ``wal_dir``'s filesystem against the write reserve
-    (``check``/``what`` name another filesystem the guard watches: the state's)."""
+    """Free space and inodes of ``path``'s filesystem against the write reserve: the
+    WAL's, or (``check``/``what`` renamed) the state's when the WAL is on another."""
     try:
-        st = os.statvfs(wal_dir)
+        st = os.statvfs(path)
     except OSError as exc:
-        return Finding(check, "critical", f"cannot read free space of {wal_dir}: "
+        return Finding(check, "critical", f"cannot read free space of {path}: "
                        f"{exc.strerror}", runbook=RB_STORAGE_ERRORS)
     size = st.f_blocks * st.f_frsize
     free = st.f_bavail * st.f_frsize
@@ -136,7 +136,7 @@ def check_disk_space(wal_dir: str, reserve_bytes: int, *, check: str = "disk_spa
     data = {"size_bytes": size, "free_bytes": free, "used_percent": round(used_pct, 1),
             "inodes": st.f_files, "free_inodes": st.f_favail,
             "inodes_used_percent": round(inodes_used_pct, 1), "reserve_bytes": reserve_bytes}
-    detail = (f"df -h {wal_dir}: {_mib(free)} free of {_mib(size)} ({used_pct:.1f}% used); "
+    detail = (f"df -h {path}: {_mib(free)} free of {_mib(size)} ({used_pct:.1f}% used); "
               f"inodes {st.f_favail:,} free of {st.f_files:,} ({inodes_used_pct:.1f}% used); "
               f"write reserve ([wal] disk_reserve_bytes) {_mib(reserve_bytes)}")
     if free < reserve_bytes:
