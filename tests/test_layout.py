@@ -177,6 +177,7 @@ def test_the_disk_guard_watches_the_state_filesystem_too(tmp_path: Path, how: st
     assert "the state's filesystem" in info.value.message and "1000 bytes free" in \
         info.value.message
     assert m.registry.get_sample_value("stemedb_state_fs_free_bytes") == 1000
+    assert m.registry.get_sample_value("stemedb_wal_linked") == 1
     wal_free = m.registry.get_sample_value("stemedb_wal_fs_free_bytes")
     assert wal_free is not None and wal_free > 1 << 20
     status = e.status()
@@ -199,6 +200,7 @@ def test_without_wal_dir_the_state_gauges_repeat_the_wal_filesystem(tmp_path: Pa
     e.close()
     assert m.registry.get_sample_value("stemedb_state_fs_size_bytes") == \
         m.registry.get_sample_value("stemedb_wal_fs_size_bytes") > 0
+    assert m.registry.get_sample_value("stemedb_wal_linked") == 0
 
 
 def test_config_key_env_and_flag(tmp_path: Path) -> None:

@@ -420,6 +420,7 @@ class Engine:
             # Linked by wal_dir, or by hand: the state is on a filesystem of its own.
             self._wal_linked = True
             self.wal_resolved_dir = os.path.realpath(self.wal_dir)
+        self.m.wal_linked.set(int(self._wal_linked))
         tmp = os.path.join(self.wal_dir, PREALLOC_NAME)
         if self.fs.exists(tmp):
             self.fs.remove(tmp)

@@ -495,6 +495,12 @@ class Metrics:
             "does not count them).",
             registry=r,
         )
+        self.wal_linked = Gauge(
+            "stemedb_wal_linked",
+            "1 when <data-dir>/wal links to a directory elsewhere ([wal] dir): the state "
+            "database's filesystem is then watched on its own (stemedb_state_fs_*).",
+            registry=r,
+        )
         self.state_fs_free_bytes = Gauge(
             "stemedb_state_fs_free_bytes",
             "Bytes available to StemeDB on the filesystem holding the state database "
