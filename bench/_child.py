@@ -1,11 +1,11 @@
 """Child processes of the restart and replay benchmarks (run with ``python -m bench._child``).
 
 ``build``   opens a data dir and writes assertions until killed, printing one JSON line
-            per progress step; once ``--target-ops`` are acknowledged it holds back the
-            engine's checkpoints (waiting for one in progress to finish, so the SQLite
-            file is never mid-checkpoint) and, when the next checkpoint falls due (the
-            replay debt is at its budget: the worst moment to crash), prints
-            ``{"killme": ...}`` and keeps writing.
+            per progress step; once ``--target-ops`` are acknowledged it stops the
+            background SQLite copy, checkpoints once and then holds back the engine's
+            checkpoints (so the database file stays exactly that checkpoint) and,
+            when the next checkpoint falls due (the replay debt is at its budget: the
+            worst moment to crash), prints ``{"killme": ...}`` and keeps writing.
 ``restart`` is the fresh process that only restarts: it measures Engine() to ready
             (recover() + start()), the records replayed, peak RSS (VmHWM) at ready, then
             runs a short steady-state write/read load and reports VmRSS/VmHWM again.
@@ -31,6 +31,7 @@ from stemedb.wal import RecordType
 from ._common import proc_status_kib, sample_assertion
 
 BUILD_SECONDS_MAX = 3600.0  # a build child gives up (exits) after an hour
+BACKFILL_STOP_SECONDS = 60.0  # waiting for a background SQLite copy pass to finish
 CHECKPOINTS_OFF = {"checkpoint_wal_bytes": 10**15, "replay_budget_seconds": 1e9,
                    "checkpoint_interval_seconds": 1e9}
 
@@ -89,6 +90,14 @@ def build(args: argparse.Namespace) -> int:
             emit({"ops": ops, "records": records, "seconds": time.monotonic() - t0,
                   "checkpoints": checkpoints[0]})
         if held_since is None and ops >= args.target_ops:
+            # Freeze the database file at one engine checkpoint: the background copy
+            # of SQLite's WAL stops first (a pass after the checkpoint would put later
+            # pages in the file), then one checkpoint (TRUNCATE), then none.  So the
+            # parent's "power loss" copy, without SQLite's WAL, is exactly that
+            # checkpoint, a consistent file; a process crash keeps SQLite's WAL anyway.
+            if eng._backfill is not None:
+                eng._backfill.stop(BACKFILL_STOP_SECONDS)
+            eng.checkpoint().result()
             with gate:
                 allowed[0] = False
             held_since = time.monotonic()

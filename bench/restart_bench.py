@@ -16,8 +16,11 @@ For each size N:
      nearly every acknowledged record and replay is short.
    - ``power loss``: a copy of the directory with SQLite's ``-wal``/``-shm`` files
      removed, i.e. the state rolled back to the last completed checkpoint (the
-     engine checkpoints with ``wal_checkpoint(TRUNCATE)``, so the main database file
-     is exactly the last checkpoint).  Replay covers everything since that
+     engine checkpoints with ``wal_checkpoint(TRUNCATE)``, and the build child stops
+     the background copy of SQLite's WAL before its last checkpoint, so the main
+     database file is exactly that checkpoint; the copy must pass SQLite's
+     ``quick_check`` or the bench stops: a malformed copy would be a broken model of
+     a power loss, not a result).  Replay covers everything since that
      checkpoint: the worst case the checkpoint budget has to bound.
 
 Measured: process start to ready (wall clock in the parent, from spawning the child to
@@ -37,6 +40,7 @@ import os
 import select
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -158,9 +162,25 @@ def restart_once(data_dir: str, *, checkpoints: str, steady_seconds: float
 
 
 def drop_sqlite_wal(data_dir: str) -> None:
-    for suffix in ("-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(data_dir, "state.sqlite3" + suffix))
+    """Remove SQLite's WAL and index files, then check that the database file alone is
+    consistent (it is the last checkpoint: see the module docstring)."""
+    db = os.path.join(data_dir, "state.sqlite3")
+
+    def remove_wal_files() -> None:
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(db + suffix)
+
+    remove_wal_files()
+    conn = sqlite3.connect(db)
+    try:
+        verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
+    finally:
+        conn.close()
+    remove_wal_files()  # opening the file made them again
+    if verdict != "ok":
+        raise RuntimeError(f"the power-loss copy of {data_dir} is not a consistent "
+                           f"database ({verdict}): the simulation is broken")
 
 
 def main(argv: list[str] | None = None) -> int:
