@@ -19,6 +19,7 @@ from stemedb.errors import (
     NotFound,
     TooLarge,
     Unavailable,
+    WalFsyncFailed,
 )
 from stemedb.metrics import Metrics
 from stemedb.wal import RecordType
@@ -273,11 +274,11 @@ def test_state_ahead_of_wal_continues_in_a_new_segment(tmp_path: Path) -> None:
 
 
 def _crash(e: Engine) -> None:
-    """Stop an engine the way a crash would: no final checkpoint, nothing flushed."""
-    e._wconn.close()  # type: ignore[union-attr]
-    e._readers.shutdown(5.0)  # type: ignore[union-attr]
-    e.accepting = False
-    e.closed = True
+    """Stop an engine the way a crash would leave it: no final checkpoint, nothing
+    synced (fsync="never" engines), and no thread of it left running in the test
+    process (a writer still probing the disk would trip later tests' checks)."""
+    e.fenced = WalFsyncFailed("simulated crash", segment="-")  # skips the checkpoint
+    e.close(5.0)
 
 
 def test_state_ahead_past_a_lost_segment_skips_lsns_and_verify_expects_it(
