@@ -42,6 +42,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any
@@ -64,6 +65,7 @@ from ._common import (
 from ._peers import Postgres, Redis, ensure_tool, free_port
 
 MODULE = "bench.http_bench"
+SPLIT_LABEL = "StemeDB POST, state on --state-dir ([wal] dir)"
 START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 30.0
 WRK_TIMEOUT = "10s"  # per request; a slower response counts as a wrk timeout error
@@ -159,10 +161,13 @@ class StemeServer:
     """``stemedb serve`` in its own process group, optionally under strace."""
 
     def __init__(self, root: str, name: str, *, slow_fdatasync_us: int = 0,
-                 preload_shim: str | None = None, strace_all_threads: bool = False
-                 ) -> None:
+                 preload_shim: str | None = None, strace_all_threads: bool = False,
+                 state_root: str | None = None) -> None:
         self.root = os.path.join(root, name)
         os.makedirs(self.root, exist_ok=True)
+        # With state_root: the data directory (the state database) there, on another
+        # device, and the WAL under root, on the disk measured ([wal] dir).
+        self.state_root = state_root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.slow_fdatasync_us = slow_fdatasync_us
@@ -176,9 +181,12 @@ class StemeServer:
             f.write("# empty: defaults, then the STEMEDB_* variables below\n")
         stemedb = shutil.which("stemedb")
         serve = ([stemedb] if stemedb else [sys.executable, "-m", "stemedb.cli"])
-        cmd = [*serve, "serve", "--config", config, "--data-dir",
-               os.path.join(self.root, "data"), "--listen", f"127.0.0.1:{self.port}",
-               "--log-level", "warning"]
+        place = ["--data-dir", os.path.join(self.root, "data")]
+        if self.state_root is not None:
+            place = ["--data-dir", os.path.join(self.state_root, "data"),
+                     "--wal-dir", os.path.join(self.root, "wal")]
+        cmd = [*serve, "serve", "--config", config, *place,
+               "--listen", f"127.0.0.1:{self.port}", "--log-level", "warning"]
         if self.slow_fdatasync_us and not self.preload_shim:
             every = ["-f", "--seccomp-bpf"] if self.strace_all_threads else []
             cmd = ["strace", *every, "-e", "trace=fdatasync", "-e",
@@ -293,6 +301,27 @@ def fresh_server_reads(server: StemeServer, label: str, scripts: dict[str, str],
         server.stop()
 
 
+def split_layout_posts(root: str, state_dir: str, scripts: dict[str, str],
+                       clients: list[int], seconds: float, servers: list[Any]
+                       ) -> list[dict[str, Any]]:
+    """The POST rows again, from a fresh server with its state in ``state_dir``."""
+    rows = []
+    state_root = tempfile.mkdtemp(prefix="stemedb-bench-state-", dir=state_dir)
+    split = StemeServer(root, "stemedb-split", state_root=state_root)
+    servers.append(split)
+    try:
+        split.start()
+        for c in clients:
+            r = wrk(split.url, scripts["post"], c, seconds)
+            rows.append({"system": SPLIT_LABEL, "clients": c, **r})
+            print(f"  stemedb, state on --state-dir, {c} clients: {r['per_s']:.0f}/s",
+                  flush=True)
+    finally:
+        split.stop()
+        shutil.rmtree(state_root, ignore_errors=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.splitlines()[0], MODULE)
     p.add_argument("--seconds", type=float, default=5.0,
@@ -309,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip PostgreSQL and Redis (default: run them)")
     p.add_argument("--fdatasync-delay-ms", type=int, default=200,
                    help="fdatasync delay injected by strace in the slow-disk run (default: 200)")
+    p.add_argument("--state-dir", default=None,
+                   help="also run the POSTs against a server whose state database is in "
+                        "this directory, on another device, and whose WAL is on the bench "
+                        "disk ([wal] dir; e.g. /dev/shm where the machine has one disk)")
     args = p.parse_args(argv)
     clients = [int(x) for x in args.clients.split(",") if x]
     ensure_tool("wrk", "wrk")
@@ -333,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
                 writes.append({"system": "StemeDB POST /v1/assertions (fsync=always)",
                                "clients": c, **r})
                 print(f"  stemedb {c} clients: {r['per_s']:.0f}/s", flush=True)
+            if args.state_dir is not None:
+                writes += split_layout_posts(root, args.state_dir, scripts, clients,
+                                             args.seconds, servers)
             r = wrk(steme.url, scripts["batch"], args.batch_clients, args.seconds,
                     [scripts["batch_body"]])
             batch = {"system": "StemeDB POST /v1/batch (1000 assertions)",

@@ -86,14 +86,19 @@ def test_http_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # scripts/test.sh installs these; a missing one is a broken setup, not a skip.
     for tool in ("wrk", "strace", "stemedb", "redis-benchmark", "pgbench", "cc"):
         assert shutil.which(tool), f"{tool} is not installed (scripts/test.sh installs it)"
+    state_dir = tmp_path / "other-disk"
+    state_dir.mkdir()
     args = ["--seconds", "1", "--clients", "2", "--batch-clients", "1",
-            "--read-clients", "1", "--write-clients", "2", "--fdatasync-delay-ms", "20"]
+            "--read-clients", "1", "--write-clients", "2", "--fdatasync-delay-ms", "20",
+            "--state-dir", str(state_dir)]
     out, doc = _run(http_bench.main, args, tmp_path, capsys)
     assert "Durable writes over the network" in out
     tables = doc["tables"]
     writes = next(v for k, v in tables.items() if k.startswith("Durable writes"))
     systems = {r["system"].split()[0] for r in writes}
     assert systems == {"StemeDB", "PostgreSQL", "Redis"}
+    assert [r["system"] for r in writes].count(http_bench.SPLIT_LABEL) == 1
+    assert list(state_dir.iterdir()) == []  # the split server's state directory removed
     assert all(r["clients"] == 2 and r["requests"] > 0 for r in writes)
     assert tables["Batch writes"][0]["assertions_per_s"] > 0
     reads = tables["GET /v1/assertions/{id} while writing"]
