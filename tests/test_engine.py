@@ -253,10 +253,7 @@ def test_state_ahead_of_wal_continues_in_a_new_segment(tmp_path: Path) -> None:
     for i in range(10):
         e.submit(A(f"s{i}")).result()
     end = e.status()["wal"]["end_lsn"]
-    e._wconn.close()  # type: ignore[union-attr]  # simulated crash: no final checkpoint
-    e._readers.shutdown(5.0)  # type: ignore[union-attr]
-    e.accepting = False
-    e.closed = True
+    _crash(e)
     # The last records never reached the disk: zero them in the segment.
     seg = d / "wal" / "segment.001.wal"
     data = bytearray(seg.read_bytes())
