@@ -28,9 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -155,8 +153,6 @@ def bench_stemedb(root: str, submitters: int, seconds: float, warmup: float,
         return res
     finally:
         eng.close()
-        if state_root is not None:
-            shutil.rmtree(d, ignore_errors=True)
 
 
 def run_closed_loop_async(eng: Engine, submitters: int, seconds: float,
@@ -287,13 +283,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"system": label, "submitters": n, **r,
                              "x_sqlite": r["writes_per_s"] / max(q["writes_per_s"], 1e-9)})
             if args.state_dir is not None:
-                state_root = tempfile.mkdtemp(prefix="stemedb-bench-state-",
-                                              dir=args.state_dir)
-                try:
+                with bench_dir(args.state_dir, False, "stemedb-bench-state-") as state_root:
                     w = bench_stemedb(root, n, args.seconds, args.warmup, "asyncio",
                                       state_root=state_root)
-                finally:
-                    shutil.rmtree(state_root, ignore_errors=True)
                 rows.append({"system": SPLIT_LABEL, "submitters": n, **w,
                              "x_sqlite": w["writes_per_s"] / max(q["writes_per_s"], 1e-9)})
             rows.append({"system": "SQLite WAL synchronous=FULL (1 conn + lock)",

@@ -42,7 +42,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from typing import Any
@@ -306,19 +305,18 @@ def split_layout_posts(root: str, state_dir: str, scripts: dict[str, str],
                        ) -> list[dict[str, Any]]:
     """The POST rows again, from a fresh server with its state in ``state_dir``."""
     rows = []
-    state_root = tempfile.mkdtemp(prefix="stemedb-bench-state-", dir=state_dir)
-    split = StemeServer(root, "stemedb-split", state_root=state_root)
-    servers.append(split)
-    try:
-        split.start()
-        for c in clients:
-            r = wrk(split.url, scripts["post"], c, seconds)
-            rows.append({"system": SPLIT_LABEL, "clients": c, **r})
-            print(f"  stemedb, state on --state-dir, {c} clients: {r['per_s']:.0f}/s",
-                  flush=True)
-    finally:
-        split.stop()
-        shutil.rmtree(state_root, ignore_errors=True)
+    with bench_dir(state_dir, False, "stemedb-bench-state-") as state_root:
+        split = StemeServer(root, "stemedb-split", state_root=state_root)
+        servers.append(split)
+        try:
+            split.start()
+            for c in clients:
+                r = wrk(split.url, scripts["post"], c, seconds)
+                rows.append({"system": SPLIT_LABEL, "clients": c, **r})
+                print(f"  stemedb, state on --state-dir, {c} clients: {r['per_s']:.0f}/s",
+                      flush=True)
+        finally:
+            split.stop()
     return rows
 
 
