@@ -48,7 +48,7 @@ from .errors import (
     Unavailable,
     WalFsyncFailed,
 )
-from .layout import place_wal_dir
+from .layout import place_wal_dir, wal_link_path
 from .metrics import Metrics
 from .model import encode_json, validate_assertion, validate_batch, validate_vote
 from .readers import ReaderPool
@@ -336,7 +336,7 @@ class Engine:
         self.config = config or EngineConfig()
         self.config.validate()
         self.data_dir = os.fspath(data_dir)
-        self.wal_dir = os.path.join(self.data_dir, "wal")
+        self.wal_dir = wal_link_path(self.data_dir)
         # Where the segments really are: <data-dir>/wal, or wal_dir when that is set.
         self.wal_resolved_dir = os.path.abspath(self.config.wal_dir or self.wal_dir)
         self.db_path = os.path.join(self.data_dir, "state.sqlite3")
@@ -1045,13 +1045,21 @@ class Engine:
     def disk_guard_refusal(self) -> str | None:
         """Why the disk guard refuses writes now, or None when it does not."""
         self._probe_disk()
+        return self._refusal()
+
+    def _refusal(self) -> str | None:
+        """The guard's verdict on the last probe (no I/O; the message only when it
+        refuses, since every group commit asks)."""
         reserve = self.config.disk_reserve_bytes
-        for d, what in ((self._disk, "the WAL filesystem"),
-                        (self._state_disk, f"the state's filesystem ({self.data_dir})")):
-            if d is not None and d.free_bytes < reserve:
-                return (f"the disk guard refuses writes: {d.free_bytes} bytes free on {what}, "
-                        f"under the reserve of {reserve} bytes")
-        return None
+        d, sd = self._disk, self._state_disk
+        if d is not None and d.free_bytes < reserve:
+            free, what = d.free_bytes, "the WAL filesystem"
+        elif sd is not None and sd.free_bytes < reserve:
+            free, what = sd.free_bytes, f"the state's filesystem ({self.data_dir})"
+        else:
+            return None
+        return (f"the disk guard refuses writes: {free} bytes free on {what}, under the "
+                f"reserve of {reserve} bytes")
 
     def disk_guard_refuses(self) -> bool:
         return self.disk_guard_refusal() is not None
@@ -1452,8 +1460,7 @@ class Engine:
                 "free_bytes": d.free_bytes, "size_bytes": d.size_bytes,
                 "free_inodes": d.free_inodes, "reserve_bytes": self.config.disk_reserve_bytes,
                 "state_free_bytes": sd.free_bytes, "state_size_bytes": sd.size_bytes,
-                "refusing_writes": min(d.free_bytes, sd.free_bytes)
-                < self.config.disk_reserve_bytes},
+                "refusing_writes": self._refusal() is not None},
             "holds": self.holds(),
             "archive": {"configured": False,
                         "note": "no archiver is built yet; holds are the hook it will use"},
