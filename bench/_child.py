@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures as cf
+import functools
 import json
 import os
+import sqlite3
 import sys
 import threading
 import time
@@ -116,6 +118,10 @@ def build(args: argparse.Namespace) -> int:
     return 1
 
 
+def _row_by_id(aid: int, conn: sqlite3.Connection) -> Any:
+    return conn.execute("SELECT * FROM assertions WHERE id=?", (aid,)).fetchone()
+
+
 def restart(args: argparse.Namespace) -> int:
     rss_start_kib = proc_status_kib("VmRSS")
     t0 = time.monotonic()
@@ -149,8 +155,7 @@ def restart(args: argparse.Namespace) -> int:
         def reader() -> None:
             n = 1
             while time.monotonic() < stop:  # bounded by --steady-seconds
-                eng.read(lambda c, n=n: c.execute(
-                    "SELECT * FROM assertions WHERE id=?", (n,)).fetchone()).result()
+                eng.read(functools.partial(_row_by_id, n)).result()
                 n = n * 7919 % 1_000_003 + 1
         threads = [threading.Thread(target=writer, args=(k,)) for k in range(16)]
         threads.append(threading.Thread(target=reader))

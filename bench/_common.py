@@ -42,6 +42,12 @@ def latency_summary_ms(latencies_s: list[float]) -> dict[str, float]:
     return {"p50_ms": percentile(s, 50) * 1e3, "p99_ms": percentile(s, 99) * 1e3}
 
 
+def latency_tail_ms(latencies_s: list[float]) -> dict[str, float]:
+    """p50 and p99, and p99.9: the tail that a shared disk's other syncs make."""
+    return {**latency_summary_ms(latencies_s),
+            "p999_ms": percentile(sorted(latencies_s), 99.9) * 1e3}
+
+
 # --------------------------------------------------------------------- results -----
 @dataclass
 class Target:

@@ -40,16 +40,21 @@ def test_engine_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert systems == [
         ("raw fdatasync (200", 1), ("raw fdatasync (200", 1),
         ("StemeDB engine, threads", 1), ("StemeDB engine, asyncio", 1),
-        ("StemeDB engine, asyncio,", 1), ("SQLite WAL synchronous=FULL", 1),
+        ("StemeDB engine, asyncio,", 1), ("design floor: apply", 1),
+        ("SQLite WAL synchronous=FULL", 1),
         ("StemeDB engine, threads", 4), ("StemeDB engine, asyncio", 4),
-        ("StemeDB engine, asyncio,", 4), ("SQLite WAL synchronous=FULL", 4)]
+        ("StemeDB engine, asyncio,", 4), ("design floor: apply", 4),
+        ("SQLite WAL synchronous=FULL", 4)]
     assert [r["system"] for r in rows].count(engine_bench.SPLIT_LABEL) == 2
+    floors = [r for r in rows if r["system"] == engine_bench.FLOOR_LABEL]
+    assert [r["batch_mean"] for r in floors] == [1.0, 4.0]  # a group of N per commit
     assert all(r["writes"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
     assert all(r["p999_ms"] >= r["p99_ms"] for r in rows if "p999_ms" in r)
     assert list(state_dir.iterdir()) == []  # the split cells' state directories removed
     assert {t["target"] for t in doc["targets"]} >= {
         "1 submitter (threads) p50 vs raw fdatasync (preallocated)",
         "1 submitter (asyncio) p50 vs raw fdatasync (preallocated)"}
+    assert all("design floor" in t["measured"] for t in doc["targets"])
 
 
 @pytest.mark.timeout(90)
@@ -100,7 +105,11 @@ def test_http_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert [r["system"] for r in writes].count(http_bench.SPLIT_LABEL) == 1
     assert list(state_dir.iterdir()) == []  # the split server's state directory removed
     assert all(r["clients"] == 2 and r["requests"] > 0 for r in writes)
-    assert tables["Batch writes"][0]["assertions_per_s"] > 0
+    batch, ceiling = tables["Batch writes"]
+    assert batch["assertions_per_s"] > 0
+    assert ceiling["system"] == http_bench.CEILING_LABEL and ceiling["assertions_per_s"] > 0
+    assert "design ceiling" in next(t["measured"] for t in doc["targets"]
+                                    if t["target"] == "/v1/batch of 1000")
     reads = tables["GET /v1/assertions/{id} while writing"]
     assert len(reads) == 8 and all(r["reads_per_s"] > 0 for r in reads)
     # Without -f strace traces the main thread only; the WAL writer must be that thread,

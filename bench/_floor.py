@@ -1,0 +1,88 @@
+"""The design floor: a group commit's required work, with none of the engine around it.
+
+What the issues' design asks of every group commit is: apply each record to the
+SQLite state inside one transaction (``stemedb.state.apply_record``, the product's own
+transition, into the product's schema), append the records to the WAL as encoded
+frames, ``fdatasync`` them, and commit the transaction before acknowledging.
+:func:`design_floor` does exactly that on one thread, back to back: no queue, no
+futures, no thread hand-offs, no metrics, no checkpoints, no HTTP.  No server or engine
+of this design can acknowledge faster on the same disk and CPU, so the benches print
+this floor beside the targets that it bounds.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from stemedb import state as st
+from stemedb.engine import rfc3339
+from stemedb.model import encode_json
+from stemedb.wal import RecordType, encode_frame, frame_size
+
+from ._common import latency_tail_ms, sample_assertion
+
+FLOOR_WAL_BYTES = 64 * 1024 * 1024  # the preallocated file the frames go to, in turn
+
+
+def design_floor(root: str, records_per_commit: int, ops_per_record: int, seconds: float,
+                 warmup_seconds: float) -> dict[str, Any]:
+    """Group commits of ``records_per_commit`` records of ``ops_per_record`` assertions
+    each (ASSERT records for one, BATCH records for more) for ``seconds`` after
+    ``warmup_seconds``.  Every record of a group waits for the whole group, so each
+    counts the group's time as its latency.  Returns records/s (``writes_per_s``) and
+    latency percentiles; raises if the state does not hold every assertion written."""
+    d = os.path.join(root, f"floor-{records_per_commit}x{ops_per_record}")
+    os.makedirs(d, exist_ok=True)
+    rtype = int(RecordType.ASSERT if ops_per_record == 1 else RecordType.BATCH)
+    conn = st.connect(os.path.join(d, "state.sqlite3"))
+    st.tune_for_writes(conn)
+    fd = os.open(os.path.join(d, "wal"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, FLOOR_WAL_BYTES)  # as the WAL's segments are
+        os.fsync(fd)
+        conn.execute("BEGIN IMMEDIATE")
+        st.apply_record(conn, int(RecordType.GENESIS), {"t": rfc3339(time.time())}, 0)
+        conn.execute("COMMIT")
+        lat: list[float] = []
+        lsn = records = assertions = 0
+        t_start = time.perf_counter()
+        measure_from = t_start + warmup_seconds
+        deadline = measure_from + seconds
+        while True:  # bounded by warmup_seconds + seconds
+            t0 = time.perf_counter()
+            if t0 >= deadline:
+                break
+            ts = rfc3339(time.time())
+            frames: list[bytes] = []
+            conn.execute("BEGIN IMMEDIATE")
+            ctx = st.ApplyContext(buffer_rows=True)
+            for _ in range(records_per_commit):
+                ops = [{"assert": sample_assertion(assertions + k)}
+                       for k in range(ops_per_record)]
+                payload = {"t": ts, "ops": ops}
+                data = encode_json(payload)
+                st.apply_record(conn, rtype, payload, lsn, ctx)
+                frames.append(encode_frame(rtype, lsn, data))
+                lsn += frame_size(len(data))
+                assertions += ops_per_record
+            ctx.flush(conn)
+            records += records_per_commit
+            st.set_applied(conn, lsn, lsn, records)
+            blob = b"".join(frames)
+            os.pwrite(fd, blob, lsn % (FLOOR_WAL_BYTES - len(blob)))
+            os.fdatasync(fd)
+            conn.execute("COMMIT")
+            if t0 >= measure_from:
+                lat.extend([time.perf_counter() - t0] * records_per_commit)
+        elapsed = max(time.perf_counter() - measure_from, 1e-9)
+        stored = conn.execute("SELECT count(*) FROM assertions").fetchone()[0]
+        if stored != assertions:
+            raise RuntimeError(f"design floor: {stored} assertions stored, "
+                               f"{assertions} written")
+        return {"writes": len(lat), "writes_per_s": len(lat) / elapsed,
+                **latency_tail_ms(lat), "batch_mean": float(records_per_commit)}
+    finally:
+        os.close(fd)
+        conn.close()
