@@ -9,9 +9,10 @@ Compared in the same run, in the same directory (same filesystem):
 
 - **StemeDB**: ``EngineConfig(fsync="always", disk_reserve_bytes=0)``, a fresh data dir
   per cell, submitted two ways: N threads each blocking on
-  ``Engine.submit(WriteRequest(RecordType.ASSERT, [op])).result()``, and N coroutines on
-  one event loop each awaiting ``Engine.submit_async(...)`` (the server's way: one
-  loop wake-up per group commit instead of one thread wake-up per request).
+  ``Engine.write(WriteRequest(RecordType.ASSERT, [op]))`` (the embedded way: a thread
+  that finds the writer idle commits its write itself), and N coroutines on one event
+  loop each awaiting ``Engine.submit_async(...)`` (the server's way: one loop wake-up
+  per group commit instead of one thread wake-up per request).
 - **SQLite**: ``journal_mode=WAL``, ``synchronous=FULL``, one INSERT + COMMIT per write,
   into a table shaped like StemeDB's ``assertions`` (same four indexes).  All
   submitters share ONE connection guarded by a lock: SQLite has no group commit and
@@ -60,7 +61,7 @@ from ._common import (
 from ._floor import design_floor
 
 MODULE = "bench.engine_bench"
-# How submitters wait: threads blocking on Engine.submit(...).result(), or coroutines on
+# How submitters wait: threads blocking on Engine.write(...), or coroutines on
 # one event loop awaiting Engine.submit_async(...) (what the HTTP server does).
 MODES = {"threads": "StemeDB engine, threads (fsync=always)",
          "asyncio": "StemeDB engine, asyncio (fsync=always)"}
@@ -139,7 +140,7 @@ def bench_stemedb(root: str, submitters: int, seconds: float, warmup: float,
             def op() -> Any:
                 req = WriteRequest(RecordType.ASSERT, [{"assert": sample_assertion(
                     next(counter))}])
-                return eng.submit(req).result()
+                return eng.write(req)
             return op
 
         if mode == "asyncio":

@@ -35,9 +35,9 @@ def main() -> None:
         for i in range(count):
             subject = f"t{t}-{i}"
             try:
-                res = eng.submit(WriteRequest(RecordType.ASSERT, [{"assert": {
+                res = eng.write(WriteRequest(RecordType.ASSERT, [{"assert": {
                     "subject": subject, "predicate": "p", "object": {"i": i, "pad": "x" * 300},
-                    "author": f"w{t}"}}])).result()
+                    "author": f"w{t}"}}]))
                 line = f"ACK {res.body['id']} {subject}"
             except StemeError as exc:
                 line = f"ERR {exc.code} {subject}"
@@ -50,6 +50,8 @@ def main() -> None:
         t.start()
     for t in ts:
         t.join()
+    caller = eng.m.registry.get_sample_value("stemedb_group_commit_by_caller_total") or 0
+    print(f"CALLER_COMMITS {int(caller)}", flush=True)
     print("DONE", flush=True)
     eng.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import os
 import threading
@@ -529,3 +530,126 @@ def test_backfill_can_be_turned_off_by_config(tmp_path: Path) -> None:
             "stemedb_sqlite_backfill_duration_seconds_count")
     finally:
         e.close()
+
+
+def test_a_lone_writer_commits_on_its_own_thread(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the writer idle, Engine.write() commits on the calling thread: no hand-off
+    to the writer and back.  Same durability: the fdatasync is that thread's.  submit()
+    still only queues, so a thread that submits many before waiting gets them
+    group-committed."""
+    from stemedb import storage
+    syncing: list[str] = []
+    real_sync = storage.OsFile.sync
+
+    def sync(self: storage.OsFile) -> None:
+        syncing.append(threading.current_thread().name)
+        real_sync(self)
+
+    monkeypatch.setattr(storage.OsFile, "sync", sync)
+    m = Metrics()
+    e = Engine(tmp_path / "db", cfg(), metrics=m)
+    e.recover()
+    e.start()
+    syncing.clear()
+    me = threading.current_thread().name
+    ids = [e.write(A(f"lone{i}")).body["id"] for i in range(20)]
+    assert ids == list(range(1, 21))
+    assert (m.registry.get_sample_value("stemedb_group_commit_by_caller_total") or 0) >= 15
+    assert syncing.count(me) >= 15, syncing  # the WAL fdatasyncs ran here
+    assert e.read_now(lambda c: c.execute("SELECT count(*) FROM assertions").fetchone()[0]) \
+        == 20  # a read after an acknowledged write sees it
+    caller = m.registry.get_sample_value("stemedb_group_commit_by_caller_total")
+    futures = [e.submit(A(f"queued{i}")) for i in range(50)]
+    assert [f.result().body["id"] for f in futures] == list(range(21, 71))
+    assert m.registry.get_sample_value("stemedb_group_commit_by_caller_total") == caller
+    e.close()
+    e2 = Engine(tmp_path / "db", cfg())
+    assert e2.recover().records == 0  # the clean close checkpointed the caller's commits
+    assert e2.read_now(lambda c: c.execute("SELECT count(*) FROM assertions").fetchone()[0]) \
+        == 70
+    e2.close()
+
+
+def test_write_refuses_to_wait_on_the_disk_in_a_coroutine(eng: Engine) -> None:
+    async def main() -> None:
+        eng.write(A("in a coroutine"))
+
+    with pytest.raises(RuntimeError, match="submit_async"):
+        asyncio.run(main())
+    assert eng.read_now(lambda c: c.execute("SELECT count(*) FROM assertions").fetchone()[0]) \
+        == 0
+
+
+def test_close_while_callers_commit_settles_every_write(tmp_path: Path) -> None:
+    """Callers committing on their own threads while close() runs: every write gets an
+    answer (acknowledged, or refused as stopping), none hangs, and every acknowledged
+    one is there after a restart."""
+    e = Engine(tmp_path / "db", cfg(segment_size_bytes=1 << 20))
+    e.recover()
+    e.start()
+    acked: list[int] = []
+    refused: list[str] = []
+    lock = threading.Lock()
+    go = threading.Event()
+
+    def writer(t: int) -> None:
+        go.wait()
+        for i in range(10_000):  # bounded; close() ends it much sooner
+            try:
+                res = e.write(A(f"t{t}-{i}"), timeout_seconds=30)
+            except Unavailable as exc:
+                with lock:
+                    refused.append(exc.code)
+                return
+            with lock:
+                acked.append(res.body["id"])
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    go.set()
+    threading.Event().wait(0.3)
+    e.close()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads), "a write never got an answer"
+    assert acked and len(refused) == 4
+    e2 = Engine(tmp_path / "db", cfg(segment_size_bytes=1 << 20))
+    e2.recover()
+    present = {r[0] for r in e2.read_now(
+        lambda c: c.execute("SELECT id FROM assertions").fetchall())}
+    e2.close()
+    assert set(acked) <= present
+
+
+def test_a_caller_that_finds_the_writer_stopped_is_refused(tmp_path: Path) -> None:
+    """The narrow race of the test above, made certain: a caller passes the accepting
+    check, the engine closes, then the caller takes the commit lock.  It must be told
+    the engine is stopping, not commit into a closed WAL and database."""
+    e = Engine(tmp_path / "db", cfg())
+    e.recover()
+    e.start()
+    real = e._queue
+    entered, closed = threading.Event(), threading.Event()
+
+    class Gate:
+        """The queue, but the caller's look at it waits until the engine is closed."""
+
+        def empty(self) -> bool:
+            entered.set()
+            closed.wait(10)
+            return real.empty()
+
+    futures: list[cf.Future[Any]] = []
+    e._queue = Gate()  # type: ignore[assignment]
+    t = threading.Thread(target=lambda: futures.append(e._enqueue(A("late"), None,
+                                                                  commit_here=True).future))
+    t.start()
+    assert entered.wait(10)
+    e._queue = real
+    e.close()
+    closed.set()
+    t.join(10)
+    with pytest.raises(Unavailable):
+        futures[0].result(timeout=5)

@@ -88,37 +88,51 @@ def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path, wal_dir: s
     print(f"kill -9: {rounds} rounds, {len(acked)} acknowledged writes survived (seed={seed})")
 
 
-def _run_child_under_strace(data: Path, strace_args: list[str]) -> tuple[list[str], str]:
+WRITES_PER_THREAD = 40  # in the strace fault tests
+
+
+def _run_child_under_strace(data: Path, strace_args: list[str],
+                            threads: int) -> tuple[list[str], str]:
     cmd = [_require_strace(), "-f", "-o", "/dev/null", *strace_args,
-           sys.executable, CHILD, str(data), "4", "40"]
+           sys.executable, CHILD, str(data), str(threads), str(WRITES_PER_THREAD)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout.splitlines(), proc.stderr
 
 
-@pytest.mark.parametrize(("name", "args", "log_phrases"), [
+@pytest.mark.parametrize(("name", "args", "log_phrases", "threads"), [
     ("fdatasync EIO", ["-e", "trace=fdatasync", "-e", "inject=fdatasync:error=EIO:when=25"],
-     ["fsync failed", "Failed to fsync WAL segment segment.001.wal"]),
+     ["fsync failed", "Failed to fsync WAL segment segment.001.wal"], 4),
+    # One writing thread: each write is committed (and fdatasynced) on that thread
+    # itself, the writer being idle (Engine._commit_now), not on the writer thread.
+    ("fdatasync EIO, one thread", ["-e", "trace=fdatasync",
+                                   "-e", "inject=fdatasync:error=EIO:when=25"],
+     ["fsync failed", "Failed to fsync WAL segment segment.001.wal"], 1),
     ("write ENOSPC", ["-P", "{segment}", "-e", "trace=write",
                       "-e", "inject=write:error=ENOSPC:when=25"],
-     ["WAL write error", "No space left on device"]),
+     ["WAL write error", "No space left on device"], 4),
     ("write EIO", ["-P", "{segment}", "-e", "trace=write", "-e", "inject=write:error=EIO:when=10"],
-     ["WAL write error", "Input/output error"]),
+     ["WAL write error", "Input/output error"], 4),
 ])
 def test_syscall_fault_fences_writes_and_loses_nothing(tmp_path: Path, name: str,
                                                        args: list[str],
-                                                       log_phrases: list[str]) -> None:
+                                                       log_phrases: list[str],
+                                                       threads: int) -> None:
     data = tmp_path / "db"
     (data / "wal").mkdir(parents=True)
     segment = str(data / "wal" / "segment.001.wal")
-    lines, stderr = _run_child_under_strace(data, [a.format(segment=segment) for a in args])
+    lines, stderr = _run_child_under_strace(data, [a.format(segment=segment) for a in args],
+                                            threads)
+    caller = next(int(x.split()[1]) for x in lines if x.startswith("CALLER_COMMITS"))
+    if threads == 1:
+        assert caller > 0, "a lone writing thread commits its own writes"
     acked = _acked(lines)
     errors = [line for line in lines if line.startswith("ERR")]
     assert acked, f"{name}: the fault must come after some writes succeeded"
     assert errors, f"{name}: writes after the fault must fail"
     # Loud: every write after the fault fails with wal_fsync_failed; none pretends success.
     assert all(line.split()[1] == "wal_fsync_failed" for line in errors)
-    assert len(acked) + len(errors) == 160
+    assert len(acked) + len(errors) == threads * WRITES_PER_THREAD
     for phrase in log_phrases:
         assert phrase in stderr, f"log must say {phrase!r}"
     assert "fenced" in stderr

@@ -358,6 +358,10 @@ class Engine:
         self._writer_host = writer_host
         self._writer_started = False
         self._writer_done = threading.Event()
+        # Held by whoever commits: the writer loop for its groups, checkpoints and other
+        # work, or a thread calling submit() that finds the writer idle (_enqueue).
+        self._commit_lock = threading.Lock()
+        self._writer_stopped = False  # set under _commit_lock by the writer's stop
         self._readers: ReaderPool | None = None
         self._backfill: Backfiller | None = None
         self._segments: list[_SegMeta] = []
@@ -874,6 +878,31 @@ class Engine:
         assert p.future is not None
         return p.future
 
+    def write(self, request: WriteRequest, timeout_seconds: float | None = None
+              ) -> WriteResult:
+        """Write and wait: :meth:`submit` then ``result()``, for a thread that has
+        nothing else to do until the write is durable.
+
+        When the writer is idle (nothing queued, nobody committing), the write is
+        committed on the calling thread: WAL append, fdatasync, SQLite transaction,
+        exactly as the writer would, without the two thread hand-offs (to the writer
+        and back) that are most of a lone writer's latency beyond the work itself.
+        Otherwise it joins the writer's next group commit like any other.  Raises what
+        the future would (a :class:`StemeError`; ``TimeoutError`` after
+        ``timeout_seconds``, the write going on).  Never from a coroutine: it waits on
+        the disk; use :meth:`submit_async` there.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # no loop on this thread: waiting here is fine
+        else:
+            raise RuntimeError("Engine.write() waits on the disk; in a coroutine, "
+                               "await Engine.submit_async() instead")
+        p = self._enqueue(request, None, commit_here=True)
+        assert p.future is not None
+        return p.future.result(timeout_seconds)
+
     def submit_async(self, request: WriteRequest) -> asyncio.Future[WriteResult]:
         """:meth:`submit` for a coroutine: an ``asyncio.Future`` of the running loop.
 
@@ -886,8 +915,8 @@ class Engine:
         assert p.afuture is not None
         return p.afuture
 
-    def _enqueue(self, request: WriteRequest,
-                 loop: asyncio.AbstractEventLoop | None) -> _Pending:
+    def _enqueue(self, request: WriteRequest, loop: asyncio.AbstractEventLoop | None,
+                 *, commit_here: bool = False) -> _Pending:
         if not request.prevalidated:
             validate_request(request)
         if self.fenced is not None:
@@ -902,6 +931,8 @@ class Engine:
             self._queued += 1
         p = _Pending(request, loop)
         if self._background:
+            if commit_here and self._commit_now(p):
+                return p
             self._queue.put(("write", p))
         else:
             with self._queued_lock:
@@ -909,6 +940,34 @@ class Engine:
             self._commit([p])
             self._periodic()
         return p
+
+    def _commit_now(self, p: _Pending) -> bool:
+        """For :meth:`write`: commit ``p`` on the calling thread when the writer is
+        idle (nothing queued, nobody committing).  Only with ``fsync="always"``: the
+        other policies leave the sync to the writer's timer.  False: queue it."""
+        if self.config.fsync != "always" or not self._queue.empty():
+            return False
+        if not self._commit_lock.acquire(blocking=False):
+            return False
+        try:
+            with self._queued_lock:
+                self._queued -= 1
+            if self._writer_stopped:  # closed after _enqueue looked: nobody would commit it
+                _settle([(p, None, Unavailable("the server is stopping",
+                                               code="not_accepting"))])
+                return True
+            self.m.caller_commits_total.inc()
+            try:
+                self._commit([p])
+            except Exception as exc:  # as in the writer loop: never lose the outcome
+                log.exception("writer failed: %s", exc)
+                _settle([(p, None, exc)])
+            if self._checkpoint_due():
+                # The checkpoint is the writer's work, not this caller's: wake it.
+                self._queue.put(("tick", None))
+            return True
+        finally:
+            self._commit_lock.release()
 
     def _fence_error(self) -> WalFsyncFailed:
         assert self.fenced is not None
@@ -958,47 +1017,60 @@ class Engine:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     item = None
-            if batch:
-                with self._queued_lock:
-                    self._queued -= len(batch)
-                try:
-                    self._commit(batch)
-                except Exception as exc:  # never let the writer thread die silently
-                    log.exception("writer failed: %s", exc)
-                    _settle([(p, None, exc) for p in batch])
-            for kind, obj in controls:
-                try:
-                    if kind == "checkpoint":
-                        obj.set_result(self._checkpoint())
-                    elif kind == "hold":
-                        name, lsn, fut = obj
-                        fut.set_result(self._set_hold(name, lsn))
-                    elif kind == "call":
-                        fn, fut = obj
-                        fut.set_result(fn())
-                    elif kind == "stop":
-                        stop = obj
-                except Exception as exc:
-                    target = obj if kind != "hold" else obj[2]
-                    if isinstance(target, cf.Future) and not target.done():
-                        target.set_exception(exc)
-            self._periodic()
+            with self._commit_lock:
+                stop = self._work(batch, controls)
         # Stop: fail whatever is still queued, then a final checkpoint.
-        while True:
+        with self._commit_lock:
+            self._writer_stopped = True
+            while True:
+                try:
+                    kind, obj = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if kind == "write":
+                    _settle([(obj, None, Unavailable("the server is stopping",
+                                                     code="not_accepting"))])
             try:
-                kind, obj = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if kind == "write":
-                _settle([(obj, None, Unavailable("the server is stopping",
-                                                 code="not_accepting"))])
-        try:
-            if self.fenced is None:
-                self._checkpoint()
-            stop.set_result(None)
-        except Exception as exc:
-            log.error("final checkpoint failed: %s", exc)
-            stop.set_exception(exc)
+                if self.fenced is None:
+                    self._checkpoint()
+                stop.set_result(None)
+            except Exception as exc:
+                log.error("final checkpoint failed: %s", exc)
+                stop.set_exception(exc)
+
+    def _work(self, batch: list[_Pending], controls: list[tuple[str, Any]]
+              ) -> cf.Future[Any] | None:
+        """One turn of the writer loop, under the commit lock: the group commit, then
+        the controls taken with it, then periodic work.  Returns the stop control's
+        future when one was taken."""
+        stop: cf.Future[Any] | None = None
+        if batch:
+            with self._queued_lock:
+                self._queued -= len(batch)
+            try:
+                self._commit(batch)
+            except Exception as exc:  # never let the writer thread die silently
+                log.exception("writer failed: %s", exc)
+                _settle([(p, None, exc) for p in batch])
+        for kind, obj in controls:
+            try:
+                if kind == "checkpoint":
+                    obj.set_result(self._checkpoint())
+                elif kind == "hold":
+                    name, lsn, fut = obj
+                    fut.set_result(self._set_hold(name, lsn))
+                elif kind == "call":
+                    fn, fut = obj
+                    fut.set_result(fn())
+                elif kind == "stop":
+                    stop = obj
+                # "tick": nothing of its own; the periodic work below is the point.
+            except Exception as exc:
+                target = obj if kind != "hold" else obj[2]
+                if isinstance(target, cf.Future) and not target.done():
+                    target.set_exception(exc)
+        self._periodic()
+        return stop
 
     def _periodic(self) -> None:
         cfg = self.config
@@ -1278,15 +1350,18 @@ class Engine:
     def replay_debt_seconds(self) -> float:
         return self.replay_debt_bytes() / max(self._apply_bytes_per_s, 1.0)
 
-    def _maybe_checkpoint(self) -> None:
+    def _checkpoint_due(self) -> bool:
         cfg = self.config
         debt = self.replay_debt_bytes()
         if debt <= SEGMENT_HEADER_SIZE:
-            return
-        due = (debt >= cfg.checkpoint_wal_bytes
-               or self.replay_debt_seconds() >= cfg.replay_budget_seconds
-               or time.monotonic() - self._last_checkpoint_mono >= cfg.checkpoint_interval_seconds)
-        if due:
+            return False
+        return (debt >= cfg.checkpoint_wal_bytes
+                or self.replay_debt_seconds() >= cfg.replay_budget_seconds
+                or time.monotonic() - self._last_checkpoint_mono
+                >= cfg.checkpoint_interval_seconds)
+
+    def _maybe_checkpoint(self) -> None:
+        if self._checkpoint_due():
             with contextlib.suppress(StemeError, sqlite3.Error, OSError):
                 self._checkpoint()
 

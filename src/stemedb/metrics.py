@@ -408,6 +408,12 @@ class Metrics:
             buckets=GROUP_COMMIT_BATCH_BYTES_BUCKETS,
             registry=r,
         )
+        self.caller_commits_total = Counter(
+            "stemedb_group_commit_by_caller_total",
+            "Group commits made by the thread that submitted the write (an embedded "
+            "Engine.submit() that found the writer idle), not by the writer thread.",
+            registry=r,
+        )
 
         # --- checkpoints --------------------------------------------------------------
         self.checkpoint_duration_seconds = Histogram(
