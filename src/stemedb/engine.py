@@ -37,6 +37,7 @@ from . import limits
 from . import state as st
 from ._loops import Outcome, settle_by_loop
 from .backfill import Backfiller
+from .dirlock import DataDirLock
 from .errors import (
     Closed,
     CorruptionError,
@@ -341,6 +342,10 @@ class Engine:
         self.wal_resolved_dir = os.path.abspath(self.config.wal_dir or self.wal_dir)
         self.db_path = os.path.join(self.data_dir, "state.sqlite3")
         self.fs = fs or OsFileSystem()
+        # One engine per data directory (stemedb.dirlock); the simulated file system of
+        # the crash tests has no other process to keep out.
+        self._dir_lock = DataDirLock(self.data_dir) if isinstance(self.fs, OsFileSystem) \
+            else None
         self.m = metrics or Metrics()
         self.clock = clock
         self._background = background
@@ -418,6 +423,7 @@ class Engine:
 
     def _recover(self, progress: Callable[[ReplayProgress], None] | None, t0: float
                  ) -> RecoveryReport:
+        self.lock_data_dir()
         self.place_wal_dir()
         self.fs.makedirs(self.wal_dir)
         if isinstance(self.fs, OsFileSystem) and os.path.islink(self.wal_dir):
@@ -595,6 +601,13 @@ class Engine:
         self.m.replay_throughput_bytes_per_second.set(self._apply_bytes_per_s)
         self._update_wal_gauges()
         return report
+
+    def lock_data_dir(self) -> None:
+        """Take the data directory's lock (:mod:`stemedb.dirlock`), held until
+        :meth:`close`; :class:`DataDirInUse` when another engine has it.  Idempotent;
+        :meth:`recover` calls it first, and the server before it listens."""
+        if self._dir_lock is not None:
+            self._dir_lock.acquire()
 
     def place_wal_dir(self) -> None:
         """Link ``<data-dir>/wal`` to ``wal_dir`` when it is set, or check the link.
@@ -866,6 +879,8 @@ class Engine:
             self._writer.close()
         if self._wconn is not None:
             self._wconn.close()
+        if self._dir_lock is not None:
+            self._dir_lock.release()
 
     # ------------------------------------------------------------------ writes ----
     def submit(self, request: WriteRequest) -> cf.Future[WriteResult]:

@@ -112,3 +112,10 @@ class ConfigError(StemeError):
 class Closed(StemeError):
     code = "closed"
     http_status = 503
+
+
+class DataDirInUse(StemeError):
+    """Another process (or another Engine in this one) has the data directory open."""
+
+    code = "data_dir_in_use"
+    http_status = 503

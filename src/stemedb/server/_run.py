@@ -121,10 +121,17 @@ async def serve(config: Config, *, insecure_allow_unauthenticated: bool = False,
         log.warning("serving without authentication on %s:%d (insecure, as requested)",
                     host, port)
     node = Node(config, metrics, writer_host=writer_host)
+    run = asyncio.get_running_loop().run_in_executor
+    try:  # a data directory another process has open is refused before listening
+        await run(None, node.engine.lock_data_dir)
+    except (StemeError, OSError) as exc:
+        log.error("cannot open the data directory: %s", exc)
+        return Exit.REFUSED
     try:  # a data directory paired with another WAL directory is refused at start
-        await asyncio.get_running_loop().run_in_executor(None, node.engine.place_wal_dir)
+        await run(None, node.engine.place_wal_dir)
     except (StemeError, OSError) as exc:
         log.error("cannot place the WAL: %s", exc)
+        await run(None, node.engine.close)
         return Exit.REFUSED
     grace = node.drain_grace_seconds
     runner = web.AppRunner(build_app(node), access_log=None, handle_signals=False,
