@@ -325,8 +325,10 @@ class Engine:
         eng = Engine("/var/lib/stemedb")
         eng.recover()          # replay the WAL since the last checkpoint
         eng.start()            # start the writer thread
-        res = eng.submit(WriteRequest(RecordType.ASSERT, [{"assert": {...}}])).result()
+        res = eng.write(WriteRequest(RecordType.ASSERT, [{"assert": {...}}]))
         eng.close()            # drain, checkpoint, close: the next start replays nothing
+
+    docs/embedding.md has the whole API, with a program the tests run.
     """
 
     def __init__(self, data_dir: str | os.PathLike[str], config: EngineConfig | None = None,
