@@ -560,14 +560,15 @@ def test_a_lone_writer_commits_on_its_own_thread(tmp_path: Path,
     assert e.read_now(lambda c: c.execute("SELECT count(*) FROM assertions").fetchone()[0]) \
         == 20  # a read after an acknowledged write sees it
     caller = m.registry.get_sample_value("stemedb_group_commit_by_caller_total")
+    assert e.write(A("with a timeout"), timeout_seconds=10).body["id"] == 21  # the writer's
     futures = [e.submit(A(f"queued{i}")) for i in range(50)]
-    assert [f.result().body["id"] for f in futures] == list(range(21, 71))
+    assert [f.result().body["id"] for f in futures] == list(range(22, 72))
     assert m.registry.get_sample_value("stemedb_group_commit_by_caller_total") == caller
     e.close()
     e2 = Engine(tmp_path / "db", cfg())
     assert e2.recover().records == 0  # the clean close checkpointed the caller's commits
     assert e2.read_now(lambda c: c.execute("SELECT count(*) FROM assertions").fetchone()[0]) \
-        == 70
+        == 71
     e2.close()
 
 
@@ -597,7 +598,7 @@ def test_close_while_callers_commit_settles_every_write(tmp_path: Path) -> None:
         go.wait()
         for i in range(10_000):  # bounded; close() ends it much sooner
             try:
-                res = e.write(A(f"t{t}-{i}"), timeout_seconds=30)
+                res = e.write(A(f"t{t}-{i}"))  # no timeout: a caller may commit it
             except Unavailable as exc:
                 with lock:
                     refused.append(exc.code)
@@ -605,7 +606,7 @@ def test_close_while_callers_commit_settles_every_write(tmp_path: Path) -> None:
             with lock:
                 acked.append(res.body["id"])
 
-    threads = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
+    threads = [threading.Thread(target=writer, args=(t,), daemon=True) for t in range(4)]
     for t in threads:
         t.start()
     go.set()

@@ -366,7 +366,7 @@ class Engine:
         self._writer_started = False
         self._writer_done = threading.Event()
         # Held by whoever commits: the writer loop for its groups, checkpoints and other
-        # work, or a thread calling submit() that finds the writer idle (_enqueue).
+        # work, or a thread in write() that finds the writer idle (_commit_now).
         self._commit_lock = threading.Lock()
         self._writer_stopped = False  # set under _commit_lock by the writer's stop
         self._readers: ReaderPool | None = None
@@ -905,9 +905,10 @@ class Engine:
         exactly as the writer would, without the two thread hand-offs (to the writer
         and back) that are most of a lone writer's latency beyond the work itself.
         Otherwise it joins the writer's next group commit like any other.  Raises what
-        the future would (a :class:`StemeError`; ``TimeoutError`` after
-        ``timeout_seconds``, the write going on).  Never from a coroutine: it waits on
-        the disk; use :meth:`submit_async` there.
+        the future would: a :class:`StemeError`, or ``TimeoutError`` after
+        ``timeout_seconds`` (the write going on).  With a timeout the write always goes
+        to the writer, so that the wait can end even if the disk never answers.  Never
+        from a coroutine: it waits on the disk; use :meth:`submit_async` there.
         """
         try:
             asyncio.get_running_loop()
@@ -916,7 +917,7 @@ class Engine:
         else:
             raise RuntimeError("Engine.write() waits on the disk; in a coroutine, "
                                "await Engine.submit_async() instead")
-        p = self._enqueue(request, None, commit_here=True)
+        p = self._enqueue(request, None, commit_here=timeout_seconds is None)
         assert p.future is not None
         return p.future.result(timeout_seconds)
 
