@@ -7,7 +7,9 @@ response and planning its LSN), appends every accepted record with one
 ``write(2)``, runs one ``fdatasync(2)``, commits the SQLite transaction (which
 also stores ``applied_end_lsn``) and only then resolves the requests' futures.
 A request that is invalid against the state (a vote on an unknown assertion) is
-rolled back to its savepoint and never reaches the WAL.
+rolled back to its savepoint and never reaches the WAL.  An embedded thread in
+:meth:`Engine.write` that finds the writer idle runs that same group commit for its
+one request itself, under the commit lock the writer holds for each of its groups.
 
 A failed write or fsync *fences* the writer: the batch and every later write fail
 with :class:`WalFsyncFailed`, the ``stemedb_wal_writes_fenced`` gauge turns 1,
@@ -1155,7 +1157,9 @@ class Engine:
         return self.disk_guard_refusal() is not None
 
     def _commit(self, batch: list[_Pending], *, sync: bool | None = None) -> None:
-        """One group commit.  Runs on the writer thread only."""
+        """One group commit, by one thread at a time: the writer thread, or a caller
+        of :meth:`write` holding the commit lock (:meth:`_commit_now`); before
+        :meth:`start` (genesis), and in an engine without threads, the caller's."""
         out: list[_Outcome] = []
         try:
             self._commit_group(batch, out, sync)
