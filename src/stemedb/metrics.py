@@ -411,7 +411,7 @@ class Metrics:
         self.caller_commits_total = Counter(
             "stemedb_group_commit_by_caller_total",
             "Group commits made by the thread that submitted the write (an embedded "
-            "Engine.submit() that found the writer idle), not by the writer thread.",
+            "Engine.write() that found the writer idle), not by the writer thread.",
             registry=r,
         )
 
