@@ -243,6 +243,11 @@ def _settle(outcomes: list[_Outcome]) -> None:
     settle_by_loop(by_loop)
 
 
+def _stopping() -> Unavailable:
+    """What a write gets that no one will commit any more: the engine is closing."""
+    return Unavailable("the server is stopping", code="not_accepting")
+
+
 def validate_request(request: WriteRequest) -> None:
     """Normalize and check a request's ops in place (see stemedb.model)."""
     t = request.type
@@ -973,15 +978,10 @@ class Engine:
             with self._queued_lock:
                 self._queued -= 1
             if self._writer_stopped:  # closed after _enqueue looked: nobody would commit it
-                _settle([(p, None, Unavailable("the server is stopping",
-                                               code="not_accepting"))])
+                _settle([(p, None, _stopping())])
                 return True
             self.m.caller_commits_total.inc()
-            try:
-                self._commit([p])
-            except Exception as exc:  # as in the writer loop: never lose the outcome
-                log.exception("writer failed: %s", exc)
-                _settle([(p, None, exc)])
+            self._commit_or_fail([p])
             if self._checkpoint_due():
                 # The checkpoint is the writer's work, not this caller's: wake it.
                 self._queue.put(("tick", None))
@@ -1048,8 +1048,7 @@ class Engine:
                 except queue.Empty:
                     break
                 if kind == "write":
-                    _settle([(obj, None, Unavailable("the server is stopping",
-                                                     code="not_accepting"))])
+                    _settle([(obj, None, _stopping())])
             try:
                 if self.fenced is None:
                     self._checkpoint()
@@ -1067,11 +1066,7 @@ class Engine:
         if batch:
             with self._queued_lock:
                 self._queued -= len(batch)
-            try:
-                self._commit(batch)
-            except Exception as exc:  # never let the writer thread die silently
-                log.exception("writer failed: %s", exc)
-                _settle([(p, None, exc) for p in batch])
+            self._commit_or_fail(batch)
         for kind, obj in controls:
             try:
                 if kind == "checkpoint":
@@ -1153,8 +1148,15 @@ class Engine:
         return (f"the disk guard refuses writes: {free} bytes free on {what}, under the "
                 f"reserve of {reserve} bytes")
 
-    def disk_guard_refuses(self) -> bool:
-        return self.disk_guard_refusal() is not None
+    def _commit_or_fail(self, batch: list[_Pending]) -> None:
+        """:meth:`_commit`, and should it raise anyway, fail the batch with that: no
+        request is left waiting, and the committing thread (the writer's, or a
+        caller's in :meth:`write`) goes on."""
+        try:
+            self._commit(batch)
+        except Exception as exc:
+            log.exception("writer failed: %s", exc)
+            _settle([(p, None, exc) for p in batch])
 
     def _commit(self, batch: list[_Pending], *, sync: bool | None = None) -> None:
         """One group commit, by one thread at a time: the writer thread, or a caller
