@@ -27,11 +27,17 @@ SCHEMA_VERSION = 1
 # any that are missing, so a replay may drop them and build them again afterwards
 # (see :func:`drop_assertion_indexes`) without a crash in between ever leaving a
 # state without them for longer than the next start.
+#
+# One column each: every SQLite index entry ends with the rowid, which ``id`` is, so
+# an index on ``subject`` is already ordered by (subject, id) and serves
+# ``subject = ? AND id > ? ORDER BY id`` as a range (tests/test_state_indexes.py
+# checks each list query's plan).  Naming ``id`` as well stored it twice per entry:
+# a state built before keeps those (same plans), and its next rebuild makes these.
 ASSERTION_INDEXES: dict[str, str] = {
-    "assertions_subject": "subject, id",
-    "assertions_predicate": "predicate, id",
-    "assertions_author": "author, id",
-    "assertions_epoch": "epoch, id",
+    "assertions_subject": "subject",
+    "assertions_predicate": "predicate",
+    "assertions_author": "author",
+    "assertions_epoch": "epoch",
 }
 _ASSERTION_INDEX_DDL = [f"CREATE INDEX IF NOT EXISTS {name} ON assertions({cols});"
                         for name, cols in ASSERTION_INDEXES.items()]
