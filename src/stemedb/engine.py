@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import msgspec
 import orjson
 
 from . import limits
@@ -714,7 +715,9 @@ class Engine:
         Every record goes through :func:`stemedb.state.apply_record`, except an ASSERT
         record holding one assertion (most of a WAL), which takes an inlined copy of
         apply_record's assert branch: the same row, id, response and idempotency row,
-        without the per-record calls.  tests/test_replay_fast_path.py checks that a
+        without the per-record calls, its payload decoded straight into
+        :class:`stemedb.state.AssertRecord` (no dicts, and the object's JSON text
+        kept as written).  tests/test_replay_fast_path.py checks that a
         replay leaves a state identical, table by table, to one built through
         apply_record alone.
         """
@@ -723,7 +726,7 @@ class Engine:
         conn = self._wconn
         assert conn is not None
         loads, dumps = orjson.loads, orjson.dumps
-        sort_keys = orjson.OPT_SORT_KEYS
+        decode_assert = st.ASSERT_RECORD_DECODER.decode
         assert_type = int(RecordType.ASSERT)
         rows_max = limits.apply_rows_buffered_max
         conn.execute("BEGIN IMMEDIATE")
@@ -732,28 +735,35 @@ class Engine:
         idem: list[tuple[str, str, int, str, int, float]] = []
         try:
             for lsn, rtype, data, offset in frames:
-                payload = loads(data)
                 if rtype == assert_type:
-                    ops = payload["ops"]
-                    if len(ops) == 1 and (a := ops[0].get("assert")) is not None:
+                    try:
+                        fast = decode_assert(data)
+                    except msgspec.DecodeError:  # not the usual shape: apply_record's path
+                        fast = None
+                    if (fast is not None and len(fast.ops) == 1
+                            and (a := fast.ops[0].a) is not None):
                         # apply_record's assert branch for a one-assertion ASSERT record.
                         if not ctx.epoch:
                             ctx.load(conn)
-                        aid, epoch, ts = ctx.next_id, ctx.epoch, payload["t"]
-                        rows.append((aid, a["subject"], a["predicate"],
-                                     dumps(a["object"], option=sort_keys).decode(),
-                                     a["author"], a.get("confidence"), a.get("source"),
-                                     epoch, lsn, ts))
+                        aid, epoch, ts = ctx.next_id, ctx.epoch, fast.t
+                        rows.append((aid, a.subject, a.predicate, bytes(a.object).decode(),
+                                     a.author, a.confidence, a.source, epoch, lsn, ts))
                         ctx.next_id = aid + 1
                         if len(rows) >= rows_max:
                             ctx.flush_rows(conn)
                             rows = ctx.rows
-                        key = payload.get("k")
+                        key, body_hash = fast.k, fast.h
                         if key:
-                            idem.append((key, payload["h"], 201, dumps(
+                            if body_hash is None:
+                                raise CorruptionError(
+                                    segment, offset, f"record at LSN {lsn} has an "
+                                    "idempotency key but no body hash", lsn=lsn,
+                                    kind="corrupt_record")
+                            idem.append((key, body_hash, 201, dumps(
                                 {"id": aid, "lsn": lsn, "epoch": epoch, "created_at": ts}
                             ).decode(), lsn, parse_rfc3339(ts)))
                         continue
+                payload = loads(data)
                 try:
                     status, body = st.apply_record(conn, rtype, payload, lsn, ctx)
                 except StemeError as exc:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from itertools import chain, compress, cycle, groupby
 from typing import Any
 
+import msgspec
 import orjson
 
 from . import limits
@@ -253,6 +254,39 @@ class ApplyContext:
             conn.execute("UPDATE epochs SET assertions = assertions + ?, votes = votes + ?"
                          " WHERE n=?", (self.asserted, self.new_votes, self.epoch))
             self.asserted = self.new_votes = 0
+
+
+class _AssertRecordAssertion(msgspec.Struct):
+    subject: str
+    predicate: str
+    object: msgspec.Raw  # the canonical JSON text, as encode_json wrote it
+    author: str
+    confidence: int | float | None = None
+    source: str | None = None
+
+
+class _AssertRecordOp(msgspec.Struct):
+    a: _AssertRecordAssertion | None = msgspec.field(default=None, name="assert")
+
+
+class AssertRecord(msgspec.Struct):
+    """An ASSERT record's payload as replay's fast path reads it (see
+    ``Engine._replay_apply``): the fields :func:`apply_record` reads, typed, and the
+    ``object`` kept as the bytes the writer encoded.  The payload was encoded with
+    :func:`stemedb.model.encode_json` (keys sorted, compact), so those bytes are what
+    ``apply_record``'s ``dumps(object, option=OPT_SORT_KEYS)`` writes again, without
+    building and re-encoding the object.  Fields apply_record ignores are ignored; a
+    payload of any other shape raises ``msgspec.DecodeError`` and takes apply_record's
+    path.
+    """
+
+    t: str
+    ops: list[_AssertRecordOp]
+    k: str | None = None
+    h: str | None = None
+
+
+ASSERT_RECORD_DECODER = msgspec.json.Decoder(AssertRecord)
 
 
 def apply_record(conn: sqlite3.Connection, rtype: int, payload: dict[str, Any], lsn: int,
