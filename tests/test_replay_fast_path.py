@@ -343,20 +343,27 @@ def test_assertion_rows_insert_as_one_row_per_statement_would(tmp_path: Path) ->
     next_id = 1
     for n in (2, 15, 16, 17, 33, 100, 1, 250):
         for homogeneous in (True, False):
+            wide: list[tuple[Any, ...]] = []
+            shapes: list[int] = []
             rows: list[tuple[Any, ...]] = []
             for _ in range(n):
                 shape = 3 if homogeneous else rng.randrange(4)
-                if rows and not homogeneous and rng.random() < 0.8:  # runs of one shape
-                    shape = (rows[-1][5] is None) + 2 * (rows[-1][6] is None)
-                rows.append((next_id, f"s{rng.randrange(9)}", "p", orjson.dumps(
+                if shapes and not homogeneous and rng.random() < 0.8:  # runs of one shape
+                    shape = shapes[-1]
+                wide.append((next_id, f"s{rng.randrange(9)}", "p", orjson.dumps(
                     rng.random()).decode(), "a", None if shape & 1 else rng.random(),
                     None if shape & 2 else "src", 1, next_id * 8, "t"))
+                got_shape, row = st.assertion_row(*wide[-1])
+                assert got_shape == shape
+                shapes.append(shape)
+                rows.append(row)
                 next_id += 1
-            for conn, insert in ((fast, st._insert_assertions),
-                                 (plain, lambda c, r: c.executemany(st._INSERT_ASSERTION, r))):
-                conn.execute("BEGIN")
-                insert(conn, rows)
-                conn.execute("COMMIT")
+            fast.execute("BEGIN")
+            st._insert_assertions(fast, rows, shapes)
+            fast.execute("COMMIT")
+            plain.execute("BEGIN")
+            plain.executemany(st._INSERT_ASSERTION, wide)
+            plain.execute("COMMIT")
     fast.close()
     plain.close()
     got = _tables(tmp_path / "fast.sqlite3")["assertions"]

@@ -731,7 +731,7 @@ class Engine:
         rows_max = limits.apply_rows_buffered_max
         conn.execute("BEGIN IMMEDIATE")
         ctx = st.ApplyContext(buffer_rows=True)
-        rows = ctx.rows
+        rows, shapes = ctx.rows, ctx.shapes
         idem: list[tuple[str, str, int, str, int, float]] = []
         try:
             for lsn, rtype, data, offset in frames:
@@ -746,12 +746,27 @@ class Engine:
                         if not ctx.epoch:
                             ctx.load(conn)
                         aid, epoch, ts = ctx.next_id, ctx.epoch, fast.t
-                        rows.append((aid, a.subject, a.predicate, bytes(a.object).decode(),
-                                     a.author, a.confidence, a.source, epoch, lsn, ts))
+                        # st.assertion_row, inline: the row without None columns.
+                        obj, conf, src = bytes(a.object).decode(), a.confidence, a.source
+                        if src is None:
+                            if conf is None:
+                                shapes.append(3)
+                                rows.append((aid, a.subject, a.predicate, obj, a.author,
+                                             epoch, lsn, ts))
+                            else:
+                                shapes.append(2)
+                                rows.append((aid, a.subject, a.predicate, obj, a.author,
+                                             conf, epoch, lsn, ts))
+                        else:
+                            shape, row = st.assertion_row(aid, a.subject, a.predicate, obj,
+                                                          a.author, conf, src, epoch, lsn,
+                                                          ts)
+                            shapes.append(shape)
+                            rows.append(row)
                         ctx.next_id = aid + 1
                         if len(rows) >= rows_max:
                             ctx.flush_rows(conn)
-                            rows = ctx.rows
+                            rows, shapes = ctx.rows, ctx.shapes
                         key, body_hash = fast.k, fast.h
                         if key:
                             if body_hash is None:
@@ -771,7 +786,8 @@ class Engine:
                                           f"record at LSN {lsn} does not apply to the "
                                           f"state: {exc}", lsn=lsn,
                                           kind="corrupt_record") from exc
-                rows = ctx.rows  # apply_record may have flushed (and replaced) the buffer
+                # apply_record may have flushed (and replaced) the buffers
+                rows, shapes = ctx.rows, ctx.shapes
                 key = payload.get("k")
                 if key:
                     idem.append((key, payload["h"], status, dumps(body).decode(), lsn,

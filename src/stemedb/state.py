@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from dataclasses import dataclass, field
-from itertools import chain, compress, cycle, groupby
+from itertools import chain, groupby
 from typing import Any
 
 import msgspec
@@ -194,16 +194,34 @@ _ASSERTION_COLUMNS = 10
 _INSERT_ROWS_PER_STATEMENT = 16
 
 
-def _insert_statement(shape: int, rows: int) -> tuple[str, tuple[int, ...]]:
-    """(``rows``-row INSERT, which row values it binds) for a row shape: bit 0 set when
-    confidence (column 5) is None, bit 1 when source (column 6) is."""
+def _insert_statement(shape: int, rows: int) -> tuple[str, int]:
+    """(``rows``-row INSERT, values bound per row) for a row shape: bit 0 set when
+    confidence (column 5) is None, bit 1 when source (column 6) is; those columns are
+    written in as NULL and left out of the row (see :func:`assertion_row`)."""
     nulls = {5} if shape & 1 else set()
     if shape & 2:
         nulls.add(6)
-    mask = tuple(int(i not in nulls) for i in range(_ASSERTION_COLUMNS))
-    values = "(" + ",".join("?" if keep else "NULL" for keep in mask) + ")"
+    values = "(" + ",".join("NULL" if i in nulls else "?"
+                            for i in range(_ASSERTION_COLUMNS)) + ")"
     head = _INSERT_ASSERTION[:_INSERT_ASSERTION.index("VALUES")] + "VALUES"
-    return head + ",".join([values] * rows), mask
+    return head + ",".join([values] * rows), _ASSERTION_COLUMNS - len(nulls)
+
+
+def assertion_row(aid: int, subject: str, predicate: str, obj: str, author: str,
+                  confidence: float | None, source: str | None, epoch: int, lsn: int,
+                  ts: str) -> tuple[int, tuple[Any, ...]]:
+    """(shape, row) of an assertion as :class:`ApplyContext` buffers it: the row holds
+    the columns of :data:`_INSERT_ASSERTION` in order, without confidence and source
+    when they are None (the shape's statement writes NULL for them: binding None costs
+    the sqlite3 module an adaptation lookup per value).  Replay's fast path builds the
+    same rows inline (``Engine._replay_apply``)."""
+    if source is None:
+        if confidence is None:
+            return 3, (aid, subject, predicate, obj, author, epoch, lsn, ts)
+        return 2, (aid, subject, predicate, obj, author, confidence, epoch, lsn, ts)
+    if confidence is None:
+        return 1, (aid, subject, predicate, obj, author, source, epoch, lsn, ts)
+    return 0, (aid, subject, predicate, obj, author, confidence, source, epoch, lsn, ts)
 
 
 # Every (shape, row count) statement, 1 to _INSERT_ROWS_PER_STATEMENT rows: 64 texts,
@@ -229,7 +247,9 @@ class ApplyContext:
     # Replay buffers assertion rows across records and inserts them with one
     # executemany per run; the write path inserts per request (savepoints need it).
     buffer_rows: bool = False
+    # Buffered rows and their shapes, side by side (see :func:`assertion_row`).
     rows: list[tuple[Any, ...]] = field(default_factory=list)
+    shapes: list[int] = field(default_factory=list)
 
     def copy(self) -> ApplyContext:
         assert not self.rows, "flush_rows() before taking a copy"
@@ -238,9 +258,10 @@ class ApplyContext:
 
     def flush_rows(self, conn: sqlite3.Connection) -> None:
         if self.rows:
-            _insert_assertions(conn, self.rows)
+            _insert_assertions(conn, self.rows, self.shapes)
             self.asserted += len(self.rows)
             self.rows = []
+            self.shapes = []
 
     def load(self, conn: sqlite3.Connection) -> None:
         if not self.epoch:
@@ -314,23 +335,26 @@ def apply_record(conn: sqlite3.Connection, rtype: int, payload: dict[str, Any], 
         return 201, body
     ops: list[dict[str, Any]] = payload["ops"]
     results: list[tuple[int, dict[str, Any]]] = []
-    rows = c.rows
+    rows, shapes = c.rows, c.shapes
     dumps = orjson.dumps
     for op in ops:
         a = op.get("assert")
         if a is not None:
-            rows.append((c.next_id, a["subject"], a["predicate"],
-                         dumps(a["object"], option=_SORT_KEYS).decode(), a["author"],
-                         a.get("confidence"), a.get("source"), epoch, lsn, ts))
+            shape, row = assertion_row(
+                c.next_id, a["subject"], a["predicate"],
+                dumps(a["object"], option=_SORT_KEYS).decode(), a["author"],
+                a.get("confidence"), a.get("source"), epoch, lsn, ts)
+            rows.append(row)
+            shapes.append(shape)
             results.append((201, {"id": c.next_id, "lsn": lsn, "epoch": epoch,
                                   "created_at": ts}))
             c.next_id += 1
             if len(rows) >= limits.apply_rows_buffered_max:
                 c.flush_rows(conn)
-                rows = c.rows
+                rows, shapes = c.rows, c.shapes
             continue
         c.flush_rows(conn)  # a vote may name an assertion created just before it
-        rows = c.rows
+        rows, shapes = c.rows, c.shapes
         status, body = _vote(conn, op["vote"], epoch, ts, lsn)
         c.new_votes += status == 201
         results.append((status, body))
@@ -343,16 +367,15 @@ def apply_record(conn: sqlite3.Connection, rtype: int, payload: dict[str, Any], 
     return 201, {"results": [r[1] for r in results], "lsn": lsn, "epoch": epoch}
 
 
-def _insert_assertions(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+def _insert_assertions(conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
+                       shapes: list[int]) -> None:
+    """Insert rows built by :func:`assertion_row`, given their shapes, in order."""
     n = len(rows)
     if n == 1:
-        conn.execute(_INSERT_ASSERTION, rows[0])
+        conn.execute(_INSERT_BY_SHAPE[shapes[0], 1][0], rows[0])
         return
-    # Rows go in runs whose optional columns are None alike, through a statement with
-    # NULL written in for those (binding None costs sqlite3 an adaptation lookup per
-    # value), 16 rows to a multi-row INSERT: the same rows in the same order, with a
-    # fraction of the per-row work.
-    shapes = [(r[5] is None) + 2 * (r[6] is None) for r in rows]
+    # Rows go in runs of one shape, 16 rows to a multi-row INSERT: the same rows in the
+    # same order, with a fraction of the per-row work.
     if shapes.count(shapes[0]) == n:
         _insert_run(conn, shapes[0], rows)
         return
@@ -372,9 +395,8 @@ def _insert_run(conn: sqlite3.Connection, shape: int, rows: list[tuple[Any, ...]
     """
     k = _INSERT_ROWS_PER_STATEMENT
     n = len(rows)
-    multi, mask = _INSERT_BY_SHAPE[shape, min(n, k)]
-    width = sum(mask)
-    flat = list(compress(chain.from_iterable(rows), cycle(mask)))
+    multi, width = _INSERT_BY_SHAPE[shape, min(n, k)]
+    flat = list(chain.from_iterable(rows))
     full = n - n % k
     if full:
         step = k * width
