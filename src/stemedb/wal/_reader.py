@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -59,6 +60,10 @@ class Record(NamedTuple):
 Frame = tuple[int, int, bytes, int]
 
 _ZERO_PADS = tuple(bytes(n) for n in range(FRAME_ALIGN))
+# The frame header's fields that the scan checks: crc, magic, type, length, lsn (the
+# flags and reserved bytes are skipped, as the full header's decoding ignores them).
+_FRAME_FIELDS = struct.Struct("<IHBxI4xQ")
+assert _FRAME_FIELDS.size == FRAME_HEADER_SIZE
 
 
 @dataclass(frozen=True)
@@ -241,11 +246,9 @@ class SegmentScanner:
         """
         off = max(start_offset, SEGMENT_HEADER_SIZE)
         self.end_offset = off
-        buf = b""
-        buf_off = off
         limit = self.limit
         base_lsn = self.header.base_lsn
-        unpack_head = FRAME_HEADER.unpack_from
+        unpack_head = _FRAME_FIELDS.unpack_from
         crc_of = google_crc32c.value
         read_max = self._read_bytes_max
         hsize = FRAME_HEADER_SIZE
@@ -253,12 +256,20 @@ class SegmentScanner:
         align_mask = FRAME_ALIGN - 1
         batch: list[Frame] = []
         batch_bytes = 0
-        nbuf = 0
+        # The loop works in offsets relative to the read buffer: ``rel`` is the frame's,
+        # ``buf_off`` the buffer's in the segment, and the LSN and limit checks are made
+        # against values shifted once per read (``lsn_at``, ``rel_limit``).
+        buf = b""
+        buf_off = off
+        rel = nbuf = 0
+        lsn_at = base_lsn + off
+        rel_limit = limit - off
         while True:
-            rel = off - buf_off
-            if rel + hsize > nbuf:
+            body = rel + hsize
+            if body > nbuf:
                 # (The buffer never reaches past the limit, so a frame header that
                 # does not fit before the limit always lands here.)
+                off = buf_off + rel
                 if off + hsize > limit:
                     nz = self._nonzero_after(off)
                     if nz is not None:
@@ -266,16 +277,20 @@ class SegmentScanner:
                                                "record")
                     break
                 buf = self._file.pread(min(read_max, limit - off), off)
-                buf_off, rel = off, 0
+                buf_off, rel, body = off, 0, hsize
                 nbuf = len(buf)
+                lsn_at = base_lsn + off
+                rel_limit = limit - off
                 if nbuf < hsize:
                     if buf.strip(b"\0"):
                         self._mark_damage(off, "truncated frame header")
                     break
-            crc, magic, rtype, _flags, length, _res, lsn = unpack_head(buf, rel)
-            if (magic != FRAME_MAGIC or rtype not in RECORD_TYPES or lsn != base_lsn + off
-                    or off + hsize + length > limit):
-                if buf[rel:rel + hsize] == ZERO_FRAME_HEADER:
+            crc, magic, rtype, length, lsn = unpack_head(buf, rel)
+            end = body + length
+            if (magic != FRAME_MAGIC or rtype not in RECORD_TYPES or lsn != lsn_at + rel
+                    or end > rel_limit):
+                off = buf_off + rel
+                if buf[rel:body] == ZERO_FRAME_HEADER:
                     nz = self._nonzero_after(off)
                     if nz is not None:
                         self._mark_damage(off, f"zeroed bytes from offset {off}, then data "
@@ -285,26 +300,26 @@ class SegmentScanner:
                 assert reason is not None
                 self._mark_damage(off, reason)
                 break
-            end = rel + hsize + length
             npad = -length & align_mask  # hsize is a multiple of the alignment
             if end <= nbuf:
                 if crc_of(buf[rel + 4:end]) != crc:
-                    self._mark_damage(off, "checksum mismatch")
+                    self._mark_damage(buf_off + rel, "checksum mismatch")
                     break
                 # The checksum does not cover the padding to the next 8-byte boundary:
                 # the writer always pads with zeros, so anything else there is damage.
                 # (Padding cut off by the end of the buffer is checked as far as read.)
                 if npad and not buf.startswith(zero_pads[npad], end) and (
                         buf[end:end + npad].strip(b"\0")):
-                    self._mark_damage(off, "non-zero padding after the record")
+                    self._mark_damage(buf_off + rel, "non-zero padding after the record")
                     break
-                batch.append((lsn, rtype, buf[rel + hsize:end], off))
+                batch.append((lsn, rtype, buf[body:end], lsn - base_lsn))
             else:
+                off = buf_off + rel
                 payload = self._file.pread(length, off + hsize)
                 if len(payload) < length:
                     self._mark_damage(off, "record cut short by the end of the file")
                     break
-                if frame_crc(buf[rel:rel + hsize], payload) != crc:
+                if frame_crc(buf[rel:body], payload) != crc:
                     self._mark_damage(off, "checksum mismatch")
                     break
                 pad = self._file.pread(npad, off + hsize + length) if npad else b""
@@ -312,14 +327,14 @@ class SegmentScanner:
                     self._mark_damage(off, "non-zero padding after the record")
                     break
                 batch.append((lsn, rtype, payload, off))
-            off += hsize + length + npad
+            rel = end + npad
             batch_bytes += length
             if batch_bytes >= max_bytes or len(batch) >= max_records:
-                self.end_offset = off
+                self.end_offset = buf_off + rel
                 yield batch
                 batch = []
                 batch_bytes = 0
-        self.end_offset = off
+        self.end_offset = buf_off + rel  # the first frame not taken
         if batch:
             yield batch
 
