@@ -732,22 +732,28 @@ class Engine:
         conn.execute("BEGIN IMMEDIATE")
         ctx = st.ApplyContext(buffer_rows=True)
         rows, shapes = ctx.rows, ctx.shapes
+        # The context's epoch and next id, kept in locals on the fast path and handed
+        # back to ctx around every apply_record call.
+        epoch = next_id = 0
         idem: list[tuple[str, str, int, str, int, float]] = []
         try:
             for lsn, rtype, data, offset in frames:
                 if rtype == assert_type:
                     try:
                         fast = decode_assert(data)
-                    except msgspec.DecodeError:  # not the usual shape: apply_record's path
-                        fast = None
-                    if (fast is not None and len(fast.ops) == 1
-                            and (a := fast.ops[0].a) is not None):
+                        (op,) = fast.ops
+                        a = op.a
+                    except (msgspec.DecodeError, ValueError):  # apply_record's path
+                        a = None
+                    if a is not None:
                         # apply_record's assert branch for a one-assertion ASSERT record.
-                        if not ctx.epoch:
+                        if not epoch:
                             ctx.load(conn)
-                        aid, epoch, ts = ctx.next_id, ctx.epoch, fast.t
+                            epoch, next_id = ctx.epoch, ctx.next_id
+                        aid, ts = next_id, fast.t
+                        next_id += 1
                         # st.assertion_row, inline: the row without None columns.
-                        obj, conf, src = bytes(a.object).decode(), a.confidence, a.source
+                        obj, conf, src = str(a.object, "utf-8"), a.confidence, a.source
                         if src is None:
                             if conf is None:
                                 shapes.append(3)
@@ -763,22 +769,23 @@ class Engine:
                                                           ts)
                             shapes.append(shape)
                             rows.append(row)
-                        ctx.next_id = aid + 1
                         if len(rows) >= rows_max:
                             ctx.flush_rows(conn)
                             rows, shapes = ctx.rows, ctx.shapes
-                        key, body_hash = fast.k, fast.h
+                        key = fast.k
                         if key:
-                            if body_hash is None:
+                            if fast.h is None:
                                 raise CorruptionError(
                                     segment, offset, f"record at LSN {lsn} has an "
                                     "idempotency key but no body hash", lsn=lsn,
                                     kind="corrupt_record")
-                            idem.append((key, body_hash, 201, dumps(
+                            idem.append((key, fast.h, 201, dumps(
                                 {"id": aid, "lsn": lsn, "epoch": epoch, "created_at": ts}
                             ).decode(), lsn, parse_rfc3339(ts)))
                         continue
                 payload = loads(data)
+                if epoch:
+                    ctx.next_id = next_id
                 try:
                     status, body = st.apply_record(conn, rtype, payload, lsn, ctx)
                 except StemeError as exc:
@@ -786,12 +793,16 @@ class Engine:
                                           f"record at LSN {lsn} does not apply to the "
                                           f"state: {exc}", lsn=lsn,
                                           kind="corrupt_record") from exc
-                # apply_record may have flushed (and replaced) the buffers
+                # apply_record may have moved the epoch (a seal, the genesis) and the
+                # next id, and flushed (and replaced) the buffers.
+                epoch, next_id = ctx.epoch, ctx.next_id
                 rows, shapes = ctx.rows, ctx.shapes
                 key = payload.get("k")
                 if key:
                     idem.append((key, payload["h"], status, dumps(body).decode(), lsn,
                                  parse_rfc3339(payload["t"])))
+            if epoch:
+                ctx.next_id = next_id
             ctx.flush(conn)
             if idem:
                 # In record order, so a key seen twice keeps its last record's response.
