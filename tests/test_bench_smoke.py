@@ -86,6 +86,22 @@ def test_replay_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         assert r["slowest_records_per_s"] <= r["records_per_s"] <= r["fastest_records_per_s"]
 
 
+@pytest.mark.timeout(300)
+def test_replay_bench_counts_instructions(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # scripts/test.sh installs valgrind; a missing one is a broken setup, not a skip.
+    assert shutil.which("valgrind"), "valgrind is not installed (scripts/test.sh installs it)"
+    _, doc = _run(replay_bench.main, ["--assert-records", "300", "--batch-records", "0",
+                                      "--runs", "1", "--callgrind"], tmp_path, capsys)
+    (rows,) = doc["tables"].values()
+    (row,) = rows
+    # recover() of ~300 records: more than a few thousand instructions each (decoding,
+    # SQLite), and far fewer than the imports the baseline subtracts (~0.8 G).
+    assert 3_000 < row["instructions_per_record"] < 2_000_000, row
+    assert row["recover_instructions"] == pytest.approx(
+        row["instructions_per_record"] * row["records"])
+
+
 @pytest.mark.timeout(120)
 def test_http_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # scripts/test.sh installs these; a missing one is a broken setup, not a skip.
