@@ -713,9 +713,10 @@ class Engine:
         """Apply consecutive records of one segment in one SQLite transaction.
 
         Every record goes through :func:`stemedb.state.apply_record`, except an ASSERT
-        record holding one assertion (most of a WAL), which takes an inlined copy of
-        apply_record's assert branch: the same row, id, response and idempotency row,
-        without the per-record calls, its payload decoded straight into
+        record holding one assertion (most of a WAL) and a BATCH record of assertions
+        only, which take an inlined copy of apply_record's assert branch: the same
+        rows, ids, response and idempotency row, without the per-record calls, the
+        payload decoded straight into
         :class:`stemedb.state.AssertRecord` (no dicts, and the object's JSON text
         kept as written).  tests/test_replay_fast_path.py checks that a
         replay leaves a state identical, table by table, to one built through
@@ -727,7 +728,7 @@ class Engine:
         assert conn is not None
         loads, dumps = orjson.loads, orjson.dumps
         decode_assert = st.ASSERT_RECORD_DECODER.decode
-        assert_type = int(RecordType.ASSERT)
+        assert_type, batch_type = int(RecordType.ASSERT), int(RecordType.BATCH)
         rows_max = limits.apply_rows_buffered_max
         conn.execute("BEGIN IMMEDIATE")
         ctx = st.ApplyContext(buffer_rows=True)
@@ -781,6 +782,43 @@ class Engine:
                                     kind="corrupt_record")
                             idem.append((key, fast.h, 201, dumps(
                                 {"id": aid, "lsn": lsn, "epoch": epoch, "created_at": ts}
+                            ).decode(), lsn, parse_rfc3339(ts)))
+                        continue
+                elif rtype == batch_type:
+                    try:
+                        fast = decode_assert(data)
+                    except msgspec.DecodeError:  # apply_record's path
+                        fast = None
+                    if fast is not None and fast.ops and all(
+                            op.a is not None for op in fast.ops):
+                        # apply_record's assert branch for a batch of assertions only.
+                        if not epoch:
+                            ctx.load(conn)
+                            epoch, next_id = ctx.epoch, ctx.next_id
+                        ts, first = fast.t, next_id
+                        for op in fast.ops:
+                            a = op.a
+                            assert a is not None
+                            shape, row = st.assertion_row(
+                                next_id, a.subject, a.predicate, str(a.object, "utf-8"),
+                                a.author, a.confidence, a.source, epoch, lsn, ts)
+                            shapes.append(shape)
+                            rows.append(row)
+                            next_id += 1
+                            if len(rows) >= rows_max:
+                                ctx.flush_rows(conn)
+                                rows, shapes = ctx.rows, ctx.shapes
+                        key = fast.k
+                        if key:
+                            if fast.h is None:
+                                raise CorruptionError(
+                                    segment, offset, f"record at LSN {lsn} has an "
+                                    "idempotency key but no body hash", lsn=lsn,
+                                    kind="corrupt_record")
+                            results = [{"id": aid, "lsn": lsn, "epoch": epoch,
+                                        "created_at": ts} for aid in range(first, next_id)]
+                            idem.append((key, fast.h, 201, dumps(
+                                {"results": results, "lsn": lsn, "epoch": epoch}
                             ).decode(), lsn, parse_rfc3339(ts)))
                         continue
                 payload = loads(data)
