@@ -32,8 +32,9 @@ import pytest
 from stemedb import limits
 from stemedb import state as st
 from stemedb.engine import Engine, EngineConfig, WriteRequest, body_digest, parse_rfc3339
+from stemedb.errors import CorruptionError
 from stemedb.storage import OsFileSystem
-from stemedb.wal import RecordType, SegmentScanner, load_chain, unpadded_len
+from stemedb.wal import RecordType, SegmentScanner, encode_frame, load_chain, unpadded_len
 
 CHECKPOINTS_OFF: dict[str, Any] = {"checkpoint_wal_bytes": 10**15,
                                    "replay_budget_seconds": 1e9,
@@ -395,3 +396,38 @@ def test_index_rebuild_is_its_own_progress_phase(tmp_path: Path,
         assert eng.progress.phase == "done"
     finally:
         eng.close()
+
+
+@pytest.mark.parametrize("rtype", [RecordType.ASSERT, RecordType.BATCH])
+def test_a_keyed_record_without_its_body_hash_stops_replay(tmp_path: Path,
+                                                            rtype: RecordType) -> None:
+    """The fast path reads the body hash only when a key is there: a durable record
+    with a key and no hash is corruption, named with its segment and offset, not a
+    KeyError or a NULL in the idempotency table."""
+    data = tmp_path / "data"
+    eng = Engine(data, _cfg(64 * 1024))
+    eng.recover()
+    eng.start()
+    ops = [{"assert": _assertion(random.Random(1), i)} for i in range(2)]
+    req = WriteRequest(rtype, ops[:1] if rtype == RecordType.ASSERT else ops)
+    req.idempotency_key, req.body_sha256 = "key-1", "ab" * 32
+    eng.submit(req).result()
+    eng.close()
+    seg = data / "wal" / "segment.001.wal"
+    with SegmentScanner(OsFileSystem(), str(seg)) as sc:
+        (rec,) = [r for r in sc.records() if r.type == rtype]
+    old = b'"h":"' + b"ab" * 32 + b'"'
+    assert old in rec.payload
+    payload = rec.payload.replace(old, b'"h":null'.ljust(len(old)))  # same length
+    with open(seg, "r+b") as f:
+        f.seek(rec.offset)
+        f.write(encode_frame(rtype, rec.lsn, payload))
+    for name in ("state.sqlite3", "state.sqlite3-wal", "state.sqlite3-shm"):
+        (data / name).unlink(missing_ok=True)
+    eng2 = Engine(data, _cfg(64 * 1024))
+    with pytest.raises(CorruptionError) as err:
+        eng2.recover()
+    eng2.close()
+    assert (err.value.segment, err.value.offset, err.value.lsn) == (
+        "segment.001.wal", rec.offset, rec.lsn)
+    assert err.value.kind == "corrupt_record" and "no body hash" in err.value.reason

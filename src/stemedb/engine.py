@@ -737,6 +737,18 @@ class Engine:
         # back to ctx around every apply_record call.
         epoch = next_id = 0
         idem: list[tuple[str, str, int, str, int, float]] = []
+
+        def keep_response(fast: st.AssertRecord, lsn: int, offset: int,
+                          body: dict[str, Any]) -> None:
+            """The idempotency row of a fast-path record that carries a key."""
+            if fast.h is None:
+                raise CorruptionError(segment, offset, f"record at LSN {lsn} has an "
+                                      "idempotency key but no body hash", lsn=lsn,
+                                      kind="corrupt_record")
+            assert fast.k is not None
+            idem.append((fast.k, fast.h, 201, dumps(body).decode(), lsn,
+                         parse_rfc3339(fast.t)))
+
         try:
             for lsn, rtype, data, offset in frames:
                 if rtype == assert_type:
@@ -773,16 +785,9 @@ class Engine:
                         if len(rows) >= rows_max:
                             ctx.flush_rows(conn)
                             rows, shapes = ctx.rows, ctx.shapes
-                        key = fast.k
-                        if key:
-                            if fast.h is None:
-                                raise CorruptionError(
-                                    segment, offset, f"record at LSN {lsn} has an "
-                                    "idempotency key but no body hash", lsn=lsn,
-                                    kind="corrupt_record")
-                            idem.append((key, fast.h, 201, dumps(
-                                {"id": aid, "lsn": lsn, "epoch": epoch, "created_at": ts}
-                            ).decode(), lsn, parse_rfc3339(ts)))
+                        if fast.k:
+                            keep_response(fast, lsn, offset, {
+                                "id": aid, "lsn": lsn, "epoch": epoch, "created_at": ts})
                         continue
                 elif rtype == batch_type:
                     try:
@@ -808,18 +813,11 @@ class Engine:
                             if len(rows) >= rows_max:
                                 ctx.flush_rows(conn)
                                 rows, shapes = ctx.rows, ctx.shapes
-                        key = fast.k
-                        if key:
-                            if fast.h is None:
-                                raise CorruptionError(
-                                    segment, offset, f"record at LSN {lsn} has an "
-                                    "idempotency key but no body hash", lsn=lsn,
-                                    kind="corrupt_record")
-                            results = [{"id": aid, "lsn": lsn, "epoch": epoch,
-                                        "created_at": ts} for aid in range(first, next_id)]
-                            idem.append((key, fast.h, 201, dumps(
-                                {"results": results, "lsn": lsn, "epoch": epoch}
-                            ).decode(), lsn, parse_rfc3339(ts)))
+                        if fast.k:
+                            keep_response(fast, lsn, offset, {"results": [
+                                {"id": aid, "lsn": lsn, "epoch": epoch, "created_at": ts}
+                                for aid in range(first, next_id)], "lsn": lsn,
+                                "epoch": epoch})
                         continue
                 payload = loads(data)
                 if epoch:
