@@ -715,12 +715,11 @@ class Engine:
         Every record goes through :func:`stemedb.state.apply_record`, except an ASSERT
         record holding one assertion (most of a WAL) and a BATCH record of assertions
         only, which take an inlined copy of apply_record's assert branch: the same
-        rows, ids, response and idempotency row, without the per-record calls, the
-        payload decoded straight into
-        :class:`stemedb.state.AssertRecord` (no dicts, and the object's JSON text
-        kept as written).  tests/test_replay_fast_path.py checks that a
-        replay leaves a state identical, table by table, to one built through
-        apply_record alone.
+        rows, ids, response and idempotency row, without the per-record calls, and
+        the payload decoded straight into :class:`stemedb.state.AssertRecord` (no
+        dicts; the object's JSON text kept as written).  tests/test_replay_fast_path.py
+        checks that a replay leaves a state identical, table by table, to one built
+        through apply_record alone.
         """
         if not frames:
             return
