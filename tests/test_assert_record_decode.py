@@ -13,6 +13,7 @@ sends them to apply_record's path.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import msgspec
@@ -27,13 +28,20 @@ from tests._typed import typed
 
 _text = stg.text(stg.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)
 _leaf = (stg.none() | stg.booleans() | stg.integers(-(2**63), 2**63 - 1)
-         | stg.floats(allow_nan=False, allow_infinity=False) | _text)
+         | stg.floats(allow_nan=False, allow_infinity=False)
+         | stg.sampled_from([1e-05, 3e-07, 1e16, 2.5e22, 1.5e-10, 1e300, 0.00012]) | _text)
 _json = stg.recursive(_leaf, lambda inner: stg.lists(inner, max_size=4)
                       | stg.dictionaries(_text, inner, max_size=4), max_leaves=12)
 
 
+def _old_encoder(value: Any) -> bytes:
+    """encode_json before orjson: what WALs written by the first versions hold."""
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":"), sort_keys=True,
+                      allow_nan=False).encode()
+
+
 @stg.composite
-def _payloads(draw: stg.DrawFn) -> bytes:
+def _payloads(draw: stg.DrawFn, encoder: Any = encode_json) -> bytes:
     a: dict[str, Any] = {"subject": draw(_text), "predicate": draw(_text),
                          "object": draw(_json), "author": draw(_text)}
     if draw(stg.booleans()):
@@ -44,7 +52,7 @@ def _payloads(draw: stg.DrawFn) -> bytes:
                                "ops": [{"assert": validate_assertion(a)}]}
     if draw(stg.booleans()):
         payload["k"], payload["h"] = draw(_text), "ab" * 32
-    return encode_json(payload)
+    return bytes(encoder(payload))
 
 
 def _apply_record_reading(data: bytes) -> tuple[Any, ...]:
@@ -61,7 +69,7 @@ def _typed_reading(data: bytes) -> tuple[Any, ...]:
     assert len(r.ops) == 1
     a = r.ops[0].a
     assert a is not None
-    return (a.subject, a.predicate, bytes(a.object).decode(), a.author, a.confidence,
+    return (a.subject, a.predicate, st.object_text(a.object), a.author, a.confidence,
             a.source, r.t, r.k, r.h)
 
 
@@ -69,6 +77,26 @@ def _typed_reading(data: bytes) -> tuple[Any, ...]:
 @given(_payloads())
 def test_typed_decoding_reads_what_apply_record_reads(data: bytes) -> None:
     assert typed(list(_typed_reading(data))) == typed(list(_apply_record_reading(data)))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_payloads(encoder=_old_encoder))
+def test_records_of_the_encoder_before_orjson_read_the_same(data: bytes) -> None:
+    """Escaped non-ASCII and Python's float exponents (1e+16, 1e-05) in an object are
+    encoded again, as apply_record does, rather than kept as written."""
+    assert typed(list(_typed_reading(data))) == typed(list(_apply_record_reading(data)))
+
+
+@pytest.mark.parametrize("obj", [{"é": 1}, 1e16, 1e-05, [1e-7, "x"], "ü"])
+def test_the_old_encoders_forms_are_encoded_again(obj: Any) -> None:
+    old = _old_encoder(obj)
+    assert old != encode_json(obj)  # the case this is about
+    assert st.object_text(msgspec.Raw(old)) == encode_json(obj).decode()
+
+
+def test_an_object_as_written_now_is_kept_as_it_is() -> None:
+    for obj in ({"a": [1, 2.5, None, True]}, "plain", 0.00001, 1e300, {"s": "one+two"}):
+        assert st.object_text(msgspec.Raw(encode_json(obj))) == encode_json(obj).decode()
 
 
 @pytest.mark.parametrize("payload", [

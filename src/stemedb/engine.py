@@ -766,6 +766,8 @@ class Engine:
                         next_id += 1
                         # st.assertion_row, inline: the row without None columns.
                         obj, conf, src = str(a.object, "utf-8"), a.confidence, a.source
+                        if "\\u" in obj or "e+" in obj or "e-0" in obj:  # st.object_text
+                            obj = st.object_text(a.object)
                         if src is None:
                             if conf is None:
                                 shapes.append(3)
@@ -804,7 +806,7 @@ class Engine:
                             a = op.a
                             assert a is not None
                             shape, row = st.assertion_row(
-                                next_id, a.subject, a.predicate, str(a.object, "utf-8"),
+                                next_id, a.subject, a.predicate, st.object_text(a.object),
                                 a.author, a.confidence, a.source, epoch, lsn, ts)
                             shapes.append(shape)
                             rows.append(row)

@@ -309,6 +309,23 @@ class AssertRecord(msgspec.Struct):
 
 ASSERT_RECORD_DECODER = msgspec.json.Decoder(AssertRecord)
 
+# What the encoder before orjson (json.dumps with ensure_ascii, sorted keys) wrote
+# differently from encode_json: non-ASCII as \uXXXX escapes, and floats with a
+# signed or zero-padded exponent (1e+16, 1e-05; orjson writes 1e16, 0.00001).  An
+# object holding none of them encodes today as it was written.
+
+
+def object_text(raw: msgspec.Raw) -> str:
+    """The ``object`` column's text for an object as a record holds it: its bytes as
+    written when that is what :func:`apply_record` would write (every record since
+    encode_json moved to orjson), else the object decoded and encoded again.  A string
+    that merely contains a mark (``"one+two"`` has ``e+``) takes the second way too:
+    slower, and the same text."""
+    text = str(raw, "utf-8")
+    if "\\u" in text or "e+" in text or "e-0" in text:
+        return orjson.dumps(orjson.loads(text), option=_SORT_KEYS).decode()
+    return text
+
 
 def apply_record(conn: sqlite3.Connection, rtype: int, payload: dict[str, Any], lsn: int,
                  ctx: ApplyContext | None = None) -> tuple[int, dict[str, Any]]:
