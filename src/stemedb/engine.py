@@ -713,13 +713,14 @@ class Engine:
         """Apply consecutive records of one segment in one SQLite transaction.
 
         Every record goes through :func:`stemedb.state.apply_record`, except an ASSERT
-        record holding one assertion (most of a WAL) and a BATCH record of assertions
-        only, which take an inlined copy of apply_record's assert branch: the same
-        rows, ids, response and idempotency row, without the per-record calls, and
-        the payload decoded straight into :class:`stemedb.state.AssertRecord` (no
-        dicts; the object's JSON text kept as written).  tests/test_replay_fast_path.py
-        checks that a replay leaves a state identical, table by table, to one built
-        through apply_record alone.
+        record holding one assertion (most of a WAL), which takes an inlined copy of
+        apply_record's assert branch, and a BATCH record of assertions only, which
+        takes :func:`stemedb.state.buffer_assertions`: the same rows, ids, response
+        and idempotency row, without the per-record calls, and the payload decoded
+        straight into :class:`stemedb.state.AssertRecord` (no dicts; the object's
+        JSON text kept as written when it is what apply_record would write).
+        tests/test_replay_fast_path.py checks that a replay leaves a state identical,
+        table by table, to one built through apply_record alone.
         """
         if not frames:
             return
@@ -798,27 +799,15 @@ class Engine:
                     if fast is not None and fast.ops and all(
                             op.a is not None for op in fast.ops):
                         # apply_record's assert branch for a batch of assertions only.
-                        if not epoch:
-                            ctx.load(conn)
-                            epoch, next_id = ctx.epoch, ctx.next_id
-                        ts, first = fast.t, next_id
-                        for op in fast.ops:
-                            a = op.a
-                            assert a is not None
-                            shape, row = st.assertion_row(
-                                next_id, a.subject, a.predicate, st.object_text(a.object),
-                                a.author, a.confidence, a.source, epoch, lsn, ts)
-                            shapes.append(shape)
-                            rows.append(row)
-                            next_id += 1
-                            if len(rows) >= rows_max:
-                                ctx.flush_rows(conn)
-                                rows, shapes = ctx.rows, ctx.shapes
+                        if epoch:
+                            ctx.next_id = next_id
+                        ids = st.buffer_assertions(conn, ctx, fast, lsn)
+                        epoch, next_id = ctx.epoch, ctx.next_id
+                        rows, shapes = ctx.rows, ctx.shapes
                         if fast.k:
                             keep_response(fast, lsn, offset, {"results": [
-                                {"id": aid, "lsn": lsn, "epoch": epoch, "created_at": ts}
-                                for aid in range(first, next_id)], "lsn": lsn,
-                                "epoch": epoch})
+                                {"id": aid, "lsn": lsn, "epoch": epoch, "created_at": fast.t}
+                                for aid in ids], "lsn": lsn, "epoch": epoch})
                         continue
                 payload = loads(data)
                 if epoch:

@@ -327,6 +327,28 @@ def object_text(raw: msgspec.Raw) -> str:
     return text
 
 
+def buffer_assertions(conn: sqlite3.Connection, ctx: ApplyContext, record: AssertRecord,
+                      lsn: int) -> range:
+    """:func:`apply_record`'s assert branch for a decoded record whose every op is an
+    assertion (replay's fast path for BATCH records): the rows buffered in ``ctx``,
+    flushed at ``apply_rows_buffered_max``; returns the ids they were given."""
+    ctx.load(conn)
+    first, epoch, ts = ctx.next_id, ctx.epoch, record.t
+    rows, shapes = ctx.rows, ctx.shapes
+    for op in record.ops:
+        a = op.a
+        assert a is not None, "only records of assertions"
+        shape, row = assertion_row(ctx.next_id, a.subject, a.predicate, object_text(a.object),
+                                   a.author, a.confidence, a.source, epoch, lsn, ts)
+        shapes.append(shape)
+        rows.append(row)
+        ctx.next_id += 1
+        if len(rows) >= limits.apply_rows_buffered_max:
+            ctx.flush_rows(conn)
+            rows, shapes = ctx.rows, ctx.shapes
+    return range(first, ctx.next_id)
+
+
 def apply_record(conn: sqlite3.Connection, rtype: int, payload: dict[str, Any], lsn: int,
                  ctx: ApplyContext | None = None) -> tuple[int, dict[str, Any]]:
     """Apply one WAL record; return (HTTP status, response body).
