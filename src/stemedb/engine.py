@@ -766,9 +766,7 @@ class Engine:
                         aid, ts = next_id, fast.t
                         next_id += 1
                         # st.assertion_row, inline: the row without None columns.
-                        obj, conf, src = str(a.object, "utf-8"), a.confidence, a.source
-                        if "\\u" in obj or "e+" in obj or "e-0" in obj:  # st.object_text
-                            obj = st.object_text(a.object)
+                        obj, conf, src = st.object_text(a.object), a.confidence, a.source
                         if src is None:
                             if conf is None:
                                 shapes.append(3)
