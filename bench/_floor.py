@@ -49,7 +49,7 @@ def design_floor(root: str, records_per_commit: int, ops_per_record: int, second
         os.posix_fallocate(fd, 0, FLOOR_WAL_BYTES)  # as the WAL's segments are
         os.fsync(fd)
         conn.execute("BEGIN IMMEDIATE")
-        st.apply_record(conn, int(RecordType.GENESIS), {"t": rfc3339(time.time())}, 0)
+        st.apply_record(conn, int(RecordType.GENESIS), st.Record(t=rfc3339(time.time())), 0)
         conn.execute("COMMIT")
         lat: list[float] = []
         lsn = records = assertions = 0
@@ -72,7 +72,7 @@ def design_floor(root: str, records_per_commit: int, ops_per_record: int, second
             for ops in ops_of:
                 payload = {"t": ts, "ops": ops}
                 data = encode_json(payload)
-                st.apply_record(conn, rtype, payload, lsn, ctx)
+                st.apply_record(conn, rtype, st.RECORD_DECODER.decode(data), lsn, ctx)
                 frames.append(encode_frame(rtype, lsn, data))
                 lsn += frame_size(len(data))
                 assertions += ops_per_record

@@ -120,12 +120,12 @@ def test_idempotency_key_survives_restart(tmp_path: Path) -> None:
     e = Engine(tmp_path / "db", cfg())
     e.recover()
     e.start()
-    r1 = e.submit(A("x", idempotency_key="k", body_sha256="h")).result()
+    r1 = e.submit(A("x", idempotency_key="k", body_sha256=body_digest(b"x"))).result()
     e.close()
     e2 = Engine(tmp_path / "db", cfg())
     e2.recover()
     e2.start()
-    r2 = e2.submit(A("x", idempotency_key="k", body_sha256="h")).result()
+    r2 = e2.submit(A("x", idempotency_key="k", body_sha256=body_digest(b"x"))).result()
     assert r2.idempotent_replay and r2.body == r1.body
     e2.close()
 

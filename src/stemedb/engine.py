@@ -47,6 +47,7 @@ from .errors import (
     IdempotencyConflict,
     InsufficientStorage,
     InvalidInput,
+    StateApplyFailed,
     StemeError,
     TooLarge,
     Unavailable,
@@ -55,7 +56,7 @@ from .errors import (
 from .layout import place_wal_dir, wal_link_path
 from .metrics import Metrics
 from .model import encode_json, validate_assertion, validate_batch, validate_vote
-from .readers import ReaderPool
+from .readers import ReaderPool, run_in_snapshot
 from .storage import DiskUsage, FileSystem, OsFileSystem
 from .wal import (
     PREALLOC_NAME,
@@ -244,6 +245,11 @@ def _settle(outcomes: list[_Outcome]) -> None:
     settle_by_loop(by_loop)
 
 
+def _key_reused() -> IdempotencyConflict:
+    return IdempotencyConflict("this Idempotency-Key was used with a different request body",
+                               hint="use a new key for a new request")
+
+
 def _stopping() -> Unavailable:
     """What a write gets that no one will commit any more: the engine is closing."""
     return Unavailable("the server is stopping", code="not_accepting")
@@ -269,12 +275,29 @@ def validate_request(request: WriteRequest) -> None:
                         else validate_vote(body)}]
     else:
         raise InvalidInput(f"unknown request type {t!r}")
+    check_idempotency_key(request)
+
+
+def check_idempotency_key(request: WriteRequest) -> None:
+    """A key, when there is one, is 1 to ``idempotency_key_bytes_max`` bytes and comes
+    with the body's SHA-256 (checked for every request, prevalidated or not)."""
     key = request.idempotency_key
     if key is not None and (not isinstance(key, str) or not key
                             or len(key.encode("utf-8", "replace"))
                             > limits.idempotency_key_bytes_max):
         raise InvalidInput(f"Idempotency-Key must be 1 to {limits.idempotency_key_bytes_max} "
                            "bytes", code="invalid_idempotency_key")
+    if key is not None and not _is_sha256_hex(request.body_sha256):
+        # Without it a retry could not be told from a new request, and replay refuses a
+        # keyed record that lacks it.
+        raise InvalidInput("a request with an Idempotency-Key needs body_sha256, the "
+                           "SHA-256 of its body as 64 lowercase hex digits (body_digest())",
+                           code="invalid_idempotency_key")
+
+
+def _is_sha256_hex(value: object) -> bool:
+    return (isinstance(value, str) and len(value) == 64
+            and all(c in "0123456789abcdef" for c in value))
 
 
 # (whole second, its formatted prefix): replaced as one tuple, so threads never mix two.
@@ -377,12 +400,16 @@ class Engine:
         # work, or a thread in write() that finds the writer idle (_commit_now).
         self._commit_lock = threading.Lock()
         self._writer_stopped = False  # set under _commit_lock by the writer's stop
+        self._release_lock = threading.Lock()
+        self._released = False  # files, connection and lock closed (_release)
         self._readers: ReaderPool | None = None
         self._backfill: Backfiller | None = None
         self._segments: list[_SegMeta] = []
         self._holds: dict[str, int] = {}
         self._hold_advanced: dict[str, float] = {}
-        self.fenced: WalFsyncFailed | None = None
+        # What fenced the writer (a WAL write or fsync failure, or the state failing
+        # after the WAL append); every later write fails until a restart.
+        self.fenced: WalFsyncFailed | StateApplyFailed | None = None
         self.accepting = False
         self.closed = False
         self.recovered = False
@@ -712,13 +739,12 @@ class Engine:
                       ) -> None:
         """Apply consecutive records of one segment in one SQLite transaction.
 
-        Every record goes through :func:`stemedb.state.apply_record`, except an ASSERT
-        record holding one assertion (most of a WAL), which takes an inlined copy of
-        apply_record's assert branch, and a BATCH record of assertions only, which
-        takes :func:`stemedb.state.buffer_assertions`: the same rows, ids, response
-        and idempotency row, without the per-record calls, and the payload decoded
-        straight into :class:`stemedb.state.AssertRecord` (no dicts; the object's
-        JSON text kept as written when it is what apply_record would write).
+        Every payload is decoded into a :class:`stemedb.state.Record` and goes through
+        :func:`stemedb.state.apply_record`, except an ASSERT record holding one
+        assertion (most of a WAL), which takes an inlined copy of apply_record's
+        assert branch, and a BATCH record of assertions only, which takes
+        :func:`stemedb.state.buffer_assertions`: the same rows, ids, response and
+        idempotency row, without the per-record calls.
         tests/test_replay_fast_path.py checks that a replay leaves a state identical,
         table by table, to one built through apply_record alone.
         """
@@ -726,8 +752,9 @@ class Engine:
             return
         conn = self._wconn
         assert conn is not None
-        loads, dumps = orjson.loads, orjson.dumps
-        decode_assert = st.ASSERT_RECORD_DECODER.decode
+        dumps = orjson.dumps
+        decode = st.RECORD_DECODER.decode
+        object_text = st.object_text
         assert_type, batch_type = int(RecordType.ASSERT), int(RecordType.BATCH)
         rows_max = limits.apply_rows_buffered_max
         conn.execute("BEGIN IMMEDIATE")
@@ -738,93 +765,78 @@ class Engine:
         epoch = next_id = 0
         idem: list[tuple[str, str, int, str, int, float]] = []
 
-        def keep_response(fast: st.AssertRecord, lsn: int, offset: int,
+        def refuse(lsn: int, offset: int, why: str) -> CorruptionError:
+            return CorruptionError(segment, offset, f"record at LSN {lsn} {why}", lsn=lsn,
+                                   kind="corrupt_record")
+
+        def keep_response(rec: st.Record, lsn: int, offset: int, status: int,
                           body: dict[str, Any]) -> None:
-            """The idempotency row of a fast-path record that carries a key."""
-            if fast.h is None:
-                raise CorruptionError(segment, offset, f"record at LSN {lsn} has an "
-                                      "idempotency key but no body hash", lsn=lsn,
-                                      kind="corrupt_record")
-            assert fast.k is not None
-            idem.append((fast.k, fast.h, 201, dumps(body).decode(), lsn,
-                         parse_rfc3339(fast.t)))
+            """The idempotency row of a record that carries a key."""
+            if rec.h is None:
+                raise refuse(lsn, offset, "has an idempotency key but no body hash")
+            assert rec.k is not None
+            idem.append((rec.k, rec.h, status, dumps(body).decode(), lsn,
+                         parse_rfc3339(rec.t)))
 
         try:
             for lsn, rtype, data, offset in frames:
-                if rtype == assert_type:
-                    try:
-                        fast = decode_assert(data)
-                        (op,) = fast.ops
-                        a = op.a
-                    except (msgspec.DecodeError, ValueError):  # apply_record's path
-                        a = None
-                    if a is not None:
-                        # apply_record's assert branch for a one-assertion ASSERT record.
-                        if not epoch:
-                            ctx.load(conn)
-                            epoch, next_id = ctx.epoch, ctx.next_id
-                        aid, ts = next_id, fast.t
-                        next_id += 1
-                        # st.assertion_row, inline: the row without None columns.
-                        obj, conf, src = st.object_text(a.object), a.confidence, a.source
-                        if src is None:
-                            if conf is None:
-                                shapes.append(3)
-                                rows.append((aid, a.subject, a.predicate, obj, a.author,
-                                             epoch, lsn, ts))
-                            else:
-                                shapes.append(2)
-                                rows.append((aid, a.subject, a.predicate, obj, a.author,
-                                             conf, epoch, lsn, ts))
-                        else:
-                            shape, row = st.assertion_row(aid, a.subject, a.predicate, obj,
-                                                          a.author, conf, src, epoch, lsn,
-                                                          ts)
-                            shapes.append(shape)
-                            rows.append(row)
-                        if len(rows) >= rows_max:
-                            ctx.flush_rows(conn)
-                            rows, shapes = ctx.rows, ctx.shapes
-                        if fast.k:
-                            keep_response(fast, lsn, offset, {
-                                "id": aid, "lsn": lsn, "epoch": epoch, "created_at": ts})
-                        continue
-                elif rtype == batch_type:
-                    try:
-                        fast = decode_assert(data)
-                    except msgspec.DecodeError:  # apply_record's path
-                        fast = None
-                    if fast is not None and fast.ops and all(
-                            op.a is not None for op in fast.ops):
-                        # apply_record's assert branch for a batch of assertions only.
-                        if epoch:
-                            ctx.next_id = next_id
-                        ids = st.buffer_assertions(conn, ctx, fast, lsn)
+                try:
+                    rec = decode(data)
+                except msgspec.DecodeError as exc:
+                    raise refuse(lsn, offset, f"has a payload the state cannot read: {exc}"
+                                 ) from exc
+                ops = rec.ops
+                if rtype == assert_type and len(ops) == 1 and ops[0].a is not None:
+                    # apply_record's assert branch for a one-assertion ASSERT record.
+                    a = ops[0].a
+                    if not epoch:
+                        ctx.load(conn)
                         epoch, next_id = ctx.epoch, ctx.next_id
+                    aid, ts = next_id, rec.t
+                    next_id += 1
+                    # st.assertion_row, inline: the row without None columns.
+                    obj, conf, src = object_text(a.object), a.confidence, a.source
+                    if src is None:
+                        if conf is None:
+                            shapes.append(3)
+                            rows.append((aid, a.subject, a.predicate, obj, a.author,
+                                         epoch, lsn, ts))
+                        else:
+                            shapes.append(2)
+                            rows.append((aid, a.subject, a.predicate, obj, a.author,
+                                         conf, epoch, lsn, ts))
+                    else:
+                        shape, row = st.assertion_row(aid, a.subject, a.predicate, obj,
+                                                      a.author, conf, src, epoch, lsn, ts)
+                        shapes.append(shape)
+                        rows.append(row)
+                    if len(rows) >= rows_max:
+                        ctx.flush_rows(conn)
                         rows, shapes = ctx.rows, ctx.shapes
-                        if fast.k:
-                            keep_response(fast, lsn, offset, {"results": [
-                                {"id": aid, "lsn": lsn, "epoch": epoch, "created_at": fast.t}
-                                for aid in ids], "lsn": lsn, "epoch": epoch})
-                        continue
-                payload = loads(data)
+                    if rec.k:
+                        keep_response(rec, lsn, offset, 201, {
+                            "id": aid, "lsn": lsn, "epoch": epoch, "created_at": ts})
+                    continue
                 if epoch:
                     ctx.next_id = next_id
-                try:
-                    status, body = st.apply_record(conn, rtype, payload, lsn, ctx)
-                except StemeError as exc:
-                    raise CorruptionError(segment, offset,
-                                          f"record at LSN {lsn} does not apply to the "
-                                          f"state: {exc}", lsn=lsn,
-                                          kind="corrupt_record") from exc
-                # apply_record may have moved the epoch (a seal, the genesis) and the
-                # next id, and flushed (and replaced) the buffers.
+                if rtype == batch_type and ops and all(op.a is not None for op in ops):
+                    # apply_record's assert branch for a batch of assertions only.
+                    ids = st.buffer_assertions(conn, ctx, rec, lsn)
+                    status, body = 201, {"results": [
+                        {"id": aid, "lsn": lsn, "epoch": ctx.epoch, "created_at": rec.t}
+                        for aid in ids], "lsn": lsn, "epoch": ctx.epoch}
+                else:
+                    try:
+                        status, body = st.apply_record(conn, rtype, rec, lsn, ctx)
+                    except StemeError as exc:
+                        raise refuse(lsn, offset, f"does not apply to the state: {exc}"
+                                     ) from exc
+                # buffer_assertions and apply_record move the next id, and may move the
+                # epoch (a seal, the genesis) and flush (and replace) the buffers.
                 epoch, next_id = ctx.epoch, ctx.next_id
                 rows, shapes = ctx.rows, ctx.shapes
-                key = payload.get("k")
-                if key:
-                    idem.append((key, payload["h"], status, dumps(body).decode(), lsn,
-                                 parse_rfc3339(payload["t"])))
+                if rec.k:
+                    keep_response(rec, lsn, offset, status, body)
             if epoch:
                 ctx.next_id = next_id
             ctx.flush(conn)
@@ -836,6 +848,11 @@ class Engine:
             end_lsn = last_lsn + frame_size(len(frames[-1][2]))
             st.set_applied(conn, end_lsn, last_lsn, applied)
             conn.execute("COMMIT")
+        except UnicodeDecodeError as exc:
+            conn.execute("ROLLBACK")
+            raise CorruptionError(segment, frames[0][3], f"a record from LSN {frames[0][0]} "
+                                  f"holds an object that is not UTF-8: {exc}",
+                                  lsn=frames[0][0], kind="corrupt_record") from exc
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -935,22 +952,40 @@ class Engine:
         self.accepting = False
         if self._backfill is not None:
             self._backfill.stop(timeout_seconds)  # the final checkpoint copies the rest
+        stuck = False
         if self._writer_alive():
             fut: cf.Future[Any] = cf.Future()
             self._queue.put(("stop", fut))
-            self._writer_done.wait(timeout=timeout_seconds)
+            stuck = not self._writer_done.wait(timeout=timeout_seconds)
         elif self.recovered and self.fenced is None and self._wconn is not None:
             with contextlib.suppress(Exception):
                 self._checkpoint()
         self.closed = True
         if self._readers is not None:
             self._readers.shutdown(timeout_seconds)
-        if self._writer is not None:
-            self._writer.close()
-        if self._wconn is not None:
-            self._wconn.close()
-        if self._dir_lock is not None:
-            self._dir_lock.release()
+        if stuck:
+            # A write or fsync that has not returned: the writer still uses the WAL file
+            # and the state's connection, and the directory must stay locked while it
+            # might write.  The writer releases them itself when it ends.
+            log.error("the writer did not stop within %.1fs (a WAL write or fsync that has "
+                      "not returned); it releases the WAL, the state and the data "
+                      "directory's lock when it ends", timeout_seconds)
+        if not stuck or self._writer_done.is_set():
+            self._release()
+
+    def _release(self) -> None:
+        """Close the WAL file and the state's connection and unlock the directory, once:
+        by :meth:`close`, or by the writer thread ending after close gave up on it."""
+        with self._release_lock:
+            if self._released:
+                return
+            self._released = True
+            if self._writer is not None:
+                self._writer.close()
+            if self._wconn is not None:
+                self._wconn.close()
+            if self._dir_lock is not None:
+                self._dir_lock.release()
 
     # ------------------------------------------------------------------ writes ----
     def submit(self, request: WriteRequest) -> cf.Future[WriteResult]:
@@ -1005,6 +1040,8 @@ class Engine:
                  *, commit_here: bool = False) -> _Pending:
         if not request.prevalidated:
             validate_request(request)
+        elif request.idempotency_key is not None:
+            check_idempotency_key(request)
         if self.fenced is not None:
             raise self._fence_error()
         if self.closed or not self.accepting:
@@ -1050,8 +1087,13 @@ class Engine:
         finally:
             self._commit_lock.release()
 
-    def _fence_error(self) -> WalFsyncFailed:
+    def _fence_error(self) -> WalFsyncFailed | StateApplyFailed:
         assert self.fenced is not None
+        if isinstance(self.fenced, StateApplyFailed):
+            return StateApplyFailed(f"writes are fenced after the state failed: "
+                                    f"{self.fenced.message}; nothing was written", lsn=None,
+                                    durable=False, hint="restart stemedb-api: its replay "
+                                    "applies the WAL to the state")
         return WalFsyncFailed(f"writes are fenced after a WAL failure: {self.fenced.message}",
                               segment=self.fenced.segment,
                               hint="check the disk (see the WALFsyncFailure runbook), "
@@ -1065,6 +1107,8 @@ class Engine:
             self._run()
         finally:
             self._writer_done.set()
+            if self.closed:  # close() gave up waiting for this thread
+                self._release()
 
     def _run(self) -> None:
         """The writer loop."""
@@ -1135,9 +1179,6 @@ class Engine:
                 elif kind == "hold":
                     name, lsn, fut = obj
                     fut.set_result(self._set_hold(name, lsn))
-                elif kind == "call":
-                    fn, fut = obj
-                    fut.set_result(fn())
                 elif kind == "stop":
                     stop = obj
                 # "tick": nothing of its own; the periodic work below is the point.
@@ -1248,24 +1289,37 @@ class Engine:
             return
         now = self.clock()
         ts = rfc3339(now)
+        # What an idempotency row keeps: the record's own time, to the microsecond, as
+        # replay reads it back from "t".
+        created_unix = parse_rfc3339(ts)
         frames: list[tuple[int, int, bytes]] = []
         done: list[tuple[_Pending, WriteResult]] = []
+        # A retry of a request written in this same group shares its fate: it is
+        # answered from it once the group is durable, and fails with it otherwise.
+        # (key -> (body hash, index in done) of this group's request with that key)
+        group_keys: dict[str, tuple[str | None, int]] = {}
+        retries: list[tuple[_Pending, str]] = []
         cap = min(limits.record_payload_bytes_max, w.record_capacity())
+        group_mark = w.plan_mark()
         # The open epoch and next assertion id carry over from the last group commit;
         # any rollback drops them (they are re-read from SQLite).
         ctx = self._ctx_cache or st.ApplyContext(buffer_rows=True)
         self._ctx_cache = None
+        written = False
         conn.execute("BEGIN IMMEDIATE")
         try:
             for p in batch:
                 req = p.request
-                if req.idempotency_key is not None:
-                    found = st.lookup_idempotency(conn, req.idempotency_key)
+                key = req.idempotency_key
+                if key is not None:
+                    if key in group_keys:
+                        retries.append((p, key))
+                        continue
+                    # Rows of earlier groups only: this group's keys are in group_keys.
+                    found = st.lookup_idempotency(conn, key)
                     if found is not None:
                         if found[0] != req.body_sha256:
-                            out.append((p, None, IdempotencyConflict(
-                                "this Idempotency-Key was used with a different request body",
-                                hint="use a new key for a new request")))
+                            out.append((p, None, _key_reused()))
                         else:
                             done.append((p, WriteResult(found[1], found[2],
                                                         int(found[2].get("lsn", 0)), True)))
@@ -1273,8 +1327,8 @@ class Engine:
                 payload: dict[str, Any] = {"t": ts}
                 if req.type not in (RecordType.SEAL, RecordType.GENESIS):
                     payload["ops"] = req.ops
-                if req.idempotency_key is not None:
-                    payload["k"] = req.idempotency_key
+                if key is not None:
+                    payload["k"] = key
                     payload["h"] = req.body_sha256
                 data = encode_json(payload)
                 if len(data) > cap:
@@ -1295,12 +1349,12 @@ class Engine:
                     conn.execute("SAVEPOINT req")
                 saved = ctx.copy() if savepoint else ctx
                 try:
-                    status, body = st.apply_record(conn, req.type, payload, lsn, ctx)
-                    if req.idempotency_key is not None:
-                        conn.execute("DELETE FROM idempotency WHERE key=?",
-                                     (req.idempotency_key,))
-                        st.record_idempotency(conn, req.idempotency_key,
-                                              req.body_sha256 or "", status, body, lsn, now)
+                    # The state applies the bytes the WAL will hold, as replay will.
+                    record = st.RECORD_DECODER.decode(data)
+                    status, body = st.apply_record(conn, req.type, record, lsn, ctx)
+                    if key is not None:
+                        st.record_idempotency(conn, key, req.body_sha256 or "", status, body,
+                                              lsn, created_unix)
                     if savepoint:
                         conn.execute("RELEASE req")
                 except StemeError as exc:
@@ -1318,6 +1372,8 @@ class Engine:
                     out.append((p, None, exc))
                     continue
                 frames.append((int(req.type), lsn, data))
+                if key is not None:
+                    group_keys[key] = (req.body_sha256, len(done))
                 done.append((p, WriteResult(status, body, lsn)))
             ctx.flush(conn)
             if frames:
@@ -1325,6 +1381,7 @@ class Engine:
                 self.applied_records += len(frames)
                 st.set_applied(conn, end, frames[-1][1], self.applied_records)
                 nbytes = end - frames[0][1]
+                written = True  # from here on, some of it may be in the WAL
                 w.write(frames)
                 if sync or (sync is None and self.config.fsync == "always"):
                     self._timed_sync()
@@ -1333,7 +1390,7 @@ class Engine:
                 m.wal_records_written_total.inc(len(frames))
                 m.group_commit_batch_records.observe(len(frames))
                 m.group_commit_batch_bytes.observe(nbytes)
-            conn.execute("COMMIT")
+            st.commit(conn)
         except WalOpError as exc:
             self.applied_records -= len(frames)
             with contextlib.suppress(sqlite3.Error):
@@ -1343,23 +1400,76 @@ class Engine:
                 log.error("WAL failed batch of %d records discarded (%d bytes zeroed, "
                           "best effort)", len(frames), zeroed)
             self._fence(exc)
-            err3 = self._fence_error()
-            for p, r in done:
-                out.append((p, r, None) if r.idempotent_replay else (p, None, err3))
+            self._fail_group(done, retries, out, self._fence_error())
             return
-        except BaseException as exc:
+        except Exception as exc:
             self.applied_records -= len(frames)
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            if frames and isinstance(exc, Exception):
-                # The records may be in the WAL already; the state no longer matches the
-                # writer's position, so stop taking writes until a restart replays.
-                self._fence(WalOpError("apply", w.segment, OSError(5, str(exc))))
-            raise
+            self._fail_group(done, retries, out,
+                             self._state_failed(exc, frames, written, group_mark))
+            return
         self._ctx_cache = ctx
+        for p, key in retries:
+            body_sha256, i = group_keys[key]
+            if p.request.body_sha256 != body_sha256:
+                out.append((p, None, _key_reused()))
+            else:
+                r = done[i][1]
+                out.append((p, WriteResult(r.status, r.body, r.lsn, True), None))
         out.extend((p, r, None) for p, r in done)
         if time.monotonic() - self._gauges_mono >= limits.wal_gauges_refresh_seconds:
             self._update_wal_gauges()
+
+    def _fail_group(self, done: list[tuple[_Pending, WriteResult]],
+                    retries: list[tuple[_Pending, str]], out: list[_Outcome],
+                    err: StemeError) -> None:
+        """A group that did not commit: its requests, and the retries that share their
+        fate, fail with ``err``; a retry answered from an earlier group's durable
+        record keeps its answer."""
+        for p, r in done:
+            out.append((p, r, None) if r.idempotent_replay else (p, None, err))
+        out.extend((p, None, err) for p, _ in retries)
+
+    def _state_failed(self, exc: Exception, frames: list[tuple[int, int, bytes]],
+                      written: bool, group_mark: tuple[SegmentHeader | None, int]
+                      ) -> StateApplyFailed:
+        """What the callers of a group are told when the state failed under it.
+
+        Before the WAL append nothing was written: the group is undone (its planned
+        LSNs too) and the writer goes on.  After it, the records are in the WAL and
+        replay will apply them, but the state no longer matches the writer's position:
+        writes are fenced until a restart replays, and each caller is told that its
+        write is durable (or, before the fdatasync of fsync="interval" or "never",
+        that its outcome is unknown) rather than that it failed.
+        """
+        w = self._writer
+        assert w is not None
+        if not written:
+            log.exception("the state could not apply a group of %d requests; nothing "
+                          "was written: %s", len(frames), exc)
+            self._ctx_cache = None
+            w.plan_reset_to(group_mark)
+            return StateApplyFailed(f"the state could not apply the write: {exc}; nothing "
+                                    "was written", lsn=None, durable=False,
+                                    hint="retry; if it persists, check the disk that holds "
+                                         f"{self.db_path}")
+        first, end = frames[0][1], frames[-1][1] + frame_size(len(frames[-1][2]))
+        durable = w.synced_lsn >= end
+        err = StateApplyFailed(f"the state could not apply WAL records at LSN {first}.."
+                               f"{end}: {exc}", lsn=first, durable=durable)
+        self.m.storage_errors_total.labels(operation="state_apply").inc()
+        self._set_fenced(err)
+        log.exception("the state could not apply WAL records at LSN %d..%d, which are %s; "
+                      "writes are fenced until a restart applies them", first, end,
+                      "durable" if durable else "written but not yet synced")
+        what = ("the write is durable in the WAL and a restart applies it" if durable else
+                "the write is in the WAL but not yet synced: its outcome is unknown until "
+                "a restart")
+        return StateApplyFailed(f"{what}, but the state could not apply it now: {exc}",
+                                lsn=first, durable=durable,
+                                hint="restart stemedb-api; a retry with the same "
+                                     "Idempotency-Key then returns the first response")
 
     def _timed_sync(self) -> None:
         w = self._writer
@@ -1386,17 +1496,21 @@ class Engine:
             msg = (f"WAL write error: Error: Failed to {exc.operation} WAL segment "
                    f"{exc.segment}: {os.strerror(exc.errno) if exc.errno else exc}")
         self.m.storage_errors_total.labels(operation=exc.operation).inc()
-        first = self.fenced is None
-        self.fenced = WalFsyncFailed(msg, segment=exc.segment)
-        self.m.wal_writes_fenced.set(1)
-        if first:
-            self.m.wal_fenced_total.inc()
-            log.error("%s; writes are fenced until restart (nothing is retried)", msg)
+        self._set_fenced(WalFsyncFailed(msg, segment=exc.segment))
         if self.config.log_fsync_errors:
             log.error("WAL fsync debug: operation=%s segment=%s errno=%s end_lsn=%s "
                       "synced_lsn=%s", exc.operation, exc.segment, exc.errno,
                       self._writer.end_lsn if self._writer else None,
                       self._writer.synced_lsn if self._writer else None)
+
+    def _set_fenced(self, err: WalFsyncFailed | StateApplyFailed) -> None:
+        first = self.fenced is None
+        self.fenced = err
+        self.m.wal_writes_fenced.set(1)
+        if first:
+            self.m.wal_fenced_total.inc()
+            log.error("%s; writes are fenced until restart (nothing is retried)",
+                      err.message)
 
     def _on_rotate(self, name: str) -> None:
         self.m.wal_segment_rotations_total.inc()
@@ -1538,9 +1652,13 @@ class Engine:
         assert conn is not None
         if lsn < 0:
             conn.execute("DELETE FROM holds WHERE name=?", (name,))
-            self._holds.pop(name, None)
             self._hold_advanced.pop(name, None)
-            self.m.hold_lsn.remove(name) if name in self._holds else None
+            if self._holds.pop(name, None) is not None:
+                # A gone hold has no series: a stale lag would page someone forever.
+                for series in (self.m.hold_lsn, self.m.hold_lag_bytes,
+                               self.m.hold_last_advance_timestamp_seconds):
+                    with contextlib.suppress(KeyError):
+                        series.remove(name)
             return -1
         old = self._holds.get(name)
         conn.execute("INSERT INTO holds(name, lsn, updated_unix) VALUES(?,?,?) ON CONFLICT(name)"
@@ -1579,7 +1697,7 @@ class Engine:
         """Run ``fn`` on the calling thread (for tools and tests; not the event loop)."""
         conn = st.connect(self.db_path, readonly=True)
         try:
-            return fn(conn)
+            return run_in_snapshot(conn, fn)
         finally:
             conn.close()
 

@@ -84,6 +84,25 @@ class WalFsyncFailed(StemeError):
         self.segment = segment
 
 
+class StateApplyFailed(StemeError):
+    """The state (SQLite) failed under a write.
+
+    ``lsn`` is None when nothing reached the WAL (the write did not happen).  Otherwise
+    the record is in the WAL from ``lsn`` on, ``durable`` says whether it was synced,
+    and a restart's replay applies it: the message says so, for a write that is not
+    lost must never be reported as failed.  The writer is fenced until that restart.
+    """
+
+    code = "state_apply_failed"
+    http_status = 500
+
+    def __init__(self, message: str, *, lsn: int | None, durable: bool,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.lsn = lsn
+        self.durable = durable
+
+
 class CorruptionError(StemeError):
     """A WAL record that was durable is unreadable.  Recovery stops; nothing is guessed."""
 

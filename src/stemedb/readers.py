@@ -7,7 +7,8 @@ load a burst of reads costs one wake-up of the loop and one of a reader, not one
 per read, which is what kept read latency hostage to GIL hand-offs.
 
 Reads never wait on the writer: SQLite in WAL mode lets readers see the last
-committed state while the writer appends.
+committed state while the writer appends.  Each read runs in one read transaction
+(:func:`run_in_snapshot`), so all of its statements see the same committed state.
 """
 
 from __future__ import annotations
@@ -30,6 +31,17 @@ T = TypeVar("T")
 ReadFn = Callable[[sqlite3.Connection], Any]
 # (fn, loop or None, asyncio.Future or concurrent.futures.Future)
 _Item = tuple[ReadFn, "asyncio.AbstractEventLoop | None", Any]
+
+
+def run_in_snapshot(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """``fn(conn)`` inside one read transaction: every statement it runs sees the same
+    committed state, so one response never mixes two moments (an assertion and a
+    tally, a page and its summary)."""
+    conn.execute("BEGIN")
+    try:
+        return fn(conn)
+    finally:
+        conn.execute("ROLLBACK")  # a read has nothing to keep; this ends the snapshot
 
 
 class ReaderPool:
@@ -111,7 +123,7 @@ class ReaderPool:
                         result, exc = None, failed
                     else:
                         try:
-                            result, exc = fn(conn), None
+                            result, exc = run_in_snapshot(conn, fn), None
                         except Exception as e:
                             result, exc = None, e
                     if loop is None:
@@ -127,4 +139,4 @@ class ReaderPool:
                 conn.close()
 
 
-__all__ = ["ReaderPool"]
+__all__ = ["ReaderPool", "run_in_snapshot"]

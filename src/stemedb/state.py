@@ -1,9 +1,10 @@
 """The materialized state: SQLite in WAL mode, and the domain rules that build it.
 
-:func:`apply_record` is the one state transition.  The writer calls it while it
-validates a request (inside a SAVEPOINT, before the record is written), and
-recovery calls it again for every record it replays, so a replay reproduces the
-state - and every sealed epoch's digest - bit for bit.  ``applied_end_lsn`` (the
+:func:`apply_record` is the one state transition, and it applies a record as its
+bytes say (:class:`Record`, decoded from the frame's payload).  The writer calls it
+while it validates a request (inside a SAVEPOINT, on the bytes it is about to
+append), and recovery calls it again for every record it replays, so a replay
+reproduces the state - and every sealed epoch's digest - bit for bit.  ``applied_end_lsn`` (the
 LSN just past the last applied record) is written in the same transaction.
 """
 
@@ -19,7 +20,7 @@ import msgspec
 import orjson
 
 from . import limits
-from .errors import NotFound, StemeError
+from .errors import InvalidInput, NotFound, StemeError
 from .wal import RecordType
 
 SCHEMA_VERSION = 1
@@ -159,6 +160,12 @@ def set_applied(conn: sqlite3.Connection, end_lsn: int, last_lsn: int, records: 
                  (end_lsn, last_lsn, records))
 
 
+def commit(conn: sqlite3.Connection) -> None:
+    """COMMIT the caller's transaction: the one statement of a group commit that runs
+    after the WAL's fdatasync (tests make it fail there)."""
+    conn.execute("COMMIT")
+
+
 def applied_end_lsn(conn: sqlite3.Connection) -> int | None:
     v = get_meta(conn, "applied_end_lsn")
     return None if v is None else int(v)
@@ -185,8 +192,6 @@ def status_of(score: int) -> str:
 
 
 # -- the state transition ---------------------------------------------------------
-
-_SORT_KEYS = orjson.OPT_SORT_KEYS
 
 _INSERT_ASSERTION = ("INSERT INTO assertions(id, subject, predicate, object, author, confidence,"
                      " source, epoch, lsn, created_at) VALUES(?,?,?,?,?,?,?,?,?,?)")
@@ -277,61 +282,62 @@ class ApplyContext:
             self.asserted = self.new_votes = 0
 
 
-class _AssertRecordAssertion(msgspec.Struct):
+class _Assertion(msgspec.Struct):
     subject: str
     predicate: str
-    object: msgspec.Raw  # the canonical JSON text, as encode_json wrote it
+    object: msgspec.Raw  # the JSON text exactly as the record holds it
     author: str
     confidence: int | float | None = None
     source: str | None = None
 
 
-class _AssertRecordOp(msgspec.Struct):
-    a: _AssertRecordAssertion | None = msgspec.field(default=None, name="assert")
+class _Vote(msgspec.Struct):
+    assertion_id: int
+    voter: str
+    value: int
 
 
-class AssertRecord(msgspec.Struct):
-    """An ASSERT record's payload as replay's fast path reads it (see
-    ``Engine._replay_apply``): the fields :func:`apply_record` reads, typed, and the
-    ``object`` kept as the bytes the writer encoded.  The payload was encoded with
-    :func:`stemedb.model.encode_json` (keys sorted, compact), so those bytes are what
-    ``apply_record``'s ``dumps(object, option=OPT_SORT_KEYS)`` writes again, without
-    building and re-encoding the object.  Fields apply_record ignores are ignored; a
-    payload of any other shape raises ``msgspec.DecodeError`` and takes apply_record's
-    path.
+class _Op(msgspec.Struct):
+    a: _Assertion | None = msgspec.field(default=None, name="assert")
+    v: _Vote | None = msgspec.field(default=None, name="vote")
+
+
+class Record(msgspec.Struct):
+    """A WAL record's payload, typed: what :func:`apply_record` applies.
+
+    Every record is decoded from its bytes with :data:`RECORD_DECODER`, by the writer
+    (the bytes it is about to append) and by replay alike, so both apply the same
+    values.  An assertion's ``object`` stays the bytes the record holds (see
+    :func:`object_text`).  Fields the state does not use are ignored; a payload of
+    another shape raises ``msgspec.DecodeError``.
     """
 
     t: str
-    ops: list[_AssertRecordOp]
+    ops: list[_Op] = []
     k: str | None = None
     h: str | None = None
 
 
-ASSERT_RECORD_DECODER = msgspec.json.Decoder(AssertRecord)
-
-# What the encoder before orjson (json.dumps with ensure_ascii, sorted keys) wrote
-# differently from encode_json: non-ASCII as \uXXXX escapes, and floats with a
-# signed or zero-padded exponent (1e+16, 1e-05; orjson writes 1e16, 0.00001).  An
-# object holding none of them encodes today as it was written.
+RECORD_DECODER = msgspec.json.Decoder(Record)
 
 
 def object_text(raw: msgspec.Raw) -> str:
-    """The ``object`` column's text for an object as a record holds it: its bytes as
-    written when that is what :func:`apply_record` would write (every record since
-    encode_json moved to orjson), else the object decoded and encoded again.  A string
-    that merely contains a mark (``"one+two"`` has ``e+``) takes the second way too:
-    slower, and the same text."""
-    text = str(raw, "utf-8")
-    if "\\u" in text or "e+" in text or "e-0" in text:
-        return orjson.dumps(orjson.loads(text), option=_SORT_KEYS).decode()
-    return text
+    """The ``object`` column's text: the object's JSON exactly as the record holds it.
+
+    The WAL is the truth and the state a function of its bytes: the text is copied,
+    never decoded and encoded again, so the state built from a WAL is the same under
+    any version of any JSON library, whatever encoder wrote the record (escaped or
+    raw non-ASCII, ``1e16`` or ``1e+16``).  Reads parse it into the same value.
+    Raises ``UnicodeDecodeError`` for bytes that are not UTF-8.
+    """
+    return str(raw, "utf-8")
 
 
-def buffer_assertions(conn: sqlite3.Connection, ctx: ApplyContext, record: AssertRecord,
+def buffer_assertions(conn: sqlite3.Connection, ctx: ApplyContext, record: Record,
                       lsn: int) -> range:
-    """:func:`apply_record`'s assert branch for a decoded record whose every op is an
-    assertion (replay's fast path for BATCH records): the rows buffered in ``ctx``,
-    flushed at ``apply_rows_buffered_max``; returns the ids they were given."""
+    """:func:`apply_record`'s assert branch for a record whose every op is an assertion
+    (replay's fast path for BATCH records): the rows buffered in ``ctx``, flushed at
+    ``apply_rows_buffered_max``; returns the ids they were given."""
     ctx.load(conn)
     first, epoch, ts = ctx.next_id, ctx.epoch, record.t
     rows, shapes = ctx.rows, ctx.shapes
@@ -349,18 +355,19 @@ def buffer_assertions(conn: sqlite3.Connection, ctx: ApplyContext, record: Asser
     return range(first, ctx.next_id)
 
 
-def apply_record(conn: sqlite3.Connection, rtype: int, payload: dict[str, Any], lsn: int,
+def apply_record(conn: sqlite3.Connection, rtype: int, record: Record, lsn: int,
                  ctx: ApplyContext | None = None) -> tuple[int, dict[str, Any]]:
     """Apply one WAL record; return (HTTP status, response body).
 
     Raises a :class:`StemeError` when the request is invalid against the current
-    state (an unknown assertion, say); the caller rolls back its savepoint.
-    Assertion ids are assigned here, densely and in LSN order, so a replay assigns
-    the same ones.  Without a ``ctx`` the record's counters are written at once.
+    state (an unknown assertion, say), or the record has no op its type needs; the
+    caller rolls back its savepoint.  Assertion ids are assigned here, densely and in
+    LSN order, so a replay assigns the same ones.  Without a ``ctx`` the record's
+    counters are written at once.
     """
     own = ctx is None
     c = ApplyContext() if ctx is None else ctx
-    ts: str = payload["t"]
+    ts = record.t
     if rtype == RecordType.GENESIS:
         conn.execute("INSERT INTO epochs(n, opened_at) VALUES(1, ?)", (ts,))
         c.epoch = 0  # reload on the next record
@@ -372,17 +379,16 @@ def apply_record(conn: sqlite3.Connection, rtype: int, payload: dict[str, Any], 
         body = _seal(conn, epoch, ts, lsn)
         c.epoch = epoch + 1
         return 201, body
-    ops: list[dict[str, Any]] = payload["ops"]
+    if not record.ops:
+        raise InvalidInput(f"a record of type {rtype} holds no op")
     results: list[tuple[int, dict[str, Any]]] = []
     rows, shapes = c.rows, c.shapes
-    dumps = orjson.dumps
-    for op in ops:
-        a = op.get("assert")
+    for op in record.ops:
+        a = op.a
         if a is not None:
-            shape, row = assertion_row(
-                c.next_id, a["subject"], a["predicate"],
-                dumps(a["object"], option=_SORT_KEYS).decode(), a["author"],
-                a.get("confidence"), a.get("source"), epoch, lsn, ts)
+            shape, row = assertion_row(c.next_id, a.subject, a.predicate,
+                                       object_text(a.object), a.author, a.confidence,
+                                       a.source, epoch, lsn, ts)
             rows.append(row)
             shapes.append(shape)
             results.append((201, {"id": c.next_id, "lsn": lsn, "epoch": epoch,
@@ -392,9 +398,11 @@ def apply_record(conn: sqlite3.Connection, rtype: int, payload: dict[str, Any], 
                 c.flush_rows(conn)
                 rows, shapes = c.rows, c.shapes
             continue
+        if op.v is None:
+            raise InvalidInput("an op that is neither an assertion nor a vote")
         c.flush_rows(conn)  # a vote may name an assertion created just before it
         rows, shapes = c.rows, c.shapes
-        status, body = _vote(conn, op["vote"], epoch, ts, lsn)
+        status, body = _vote(conn, op.v, epoch, ts, lsn)
         c.new_votes += status == 201
         results.append((status, body))
     if own:
@@ -445,20 +453,20 @@ def _insert_run(conn: sqlite3.Connection, shape: int, rows: list[tuple[Any, ...]
         conn.execute(rest, flat[full * width:])
 
 
-def _vote(conn: sqlite3.Connection, v: dict[str, Any], epoch: int, ts: str, lsn: int
+def _vote(conn: sqlite3.Connection, v: _Vote, epoch: int, ts: str, lsn: int
           ) -> tuple[int, dict[str, Any]]:
-    aid = v["assertion_id"]
+    aid, voter, value = v.assertion_id, v.voter, v.value
     if conn.execute("SELECT 1 FROM assertions WHERE id=?", (aid,)).fetchone() is None:
         raise NotFound(f"assertion {aid} does not exist")
     old = conn.execute("SELECT value FROM votes WHERE assertion_id=? AND epoch=? AND voter=?",
-                       (aid, epoch, v["voter"])).fetchone()
+                       (aid, epoch, voter)).fetchone()
     if old is None:
         conn.execute("INSERT INTO votes(epoch, assertion_id, voter, value, lsn, updated_at)"
-                     " VALUES(?,?,?,?,?,?)", (epoch, aid, v["voter"], v["value"], lsn, ts))
+                     " VALUES(?,?,?,?,?,?)", (epoch, aid, voter, value, lsn, ts))
     else:
         conn.execute("UPDATE votes SET value=?, lsn=?, updated_at=? WHERE assertion_id=? AND"
-                     " epoch=? AND voter=?", (v["value"], lsn, ts, aid, epoch, v["voter"]))
-    body = {"assertion_id": aid, "voter": v["voter"], "value": v["value"], "lsn": lsn,
+                     " epoch=? AND voter=?", (value, lsn, ts, aid, epoch, voter))
+    body = {"assertion_id": aid, "voter": voter, "value": value, "lsn": lsn,
             "epoch": epoch, "created": old is None}
     return (201 if old is None else 200), body
 
