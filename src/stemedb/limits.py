@@ -53,7 +53,7 @@ replay_budget_seconds_default = 1.0  # checkpoint when estimated replay exceeds 
 # Replay speed assumed until a replay of at least replay_measure_bytes_min measures it
 # (kept in the state).  Below the 9.9 MiB/s (1000-assertion records) and 19.8 MiB/s
 # (one-assertion records) that replay measured on the benchmark machine
-# (docs/benchmarks.md, section 7): an underestimate only checkpoints more often.
+# (bench/results/history.md, section 7): an underestimate only checkpoints more often.
 replay_throughput_bytes_per_second_initial = 4 * MiB
 replay_measure_bytes_min = 1 * MiB
 idempotency_ttl_seconds_default = 24 * 3600
@@ -80,9 +80,13 @@ gil_switch_interval_seconds = 0.001  # sys.setswitchinterval in `stemedb serve`
 # SQLite read connections, one thread each, owned by the engine.  More threads than
 # cores only add GIL hand-offs: on the 2-core benchmark machine, 2 instead of 4 cut the
 # GET p99 under 16 writers from ~13.5 to ~9.8 ms and at 16 readers alone from ~34 to
-# 11-26 ms, at the same rates (docs/benchmarks.md section 8).  1 was lower still, but
+# 11-26 ms, at the same rates (bench/results/history.md section 8).  1 was lower still, but
 # one slow query would then hold up every other read.
 reader_threads = 2
+# SQLite's page cache, per connection (the writer's and each reader's): what a node's
+# memory grows to under writes and reads beyond its start-up size (docs/operations).
+state_page_cache_bytes_default = 64 * MiB
+state_page_cache_bytes_min = 256 * KiB
 reader_threads_max = 64
 read_batch_max = 64  # reads one reader thread takes per wake-up
 # A background pass copying SQLite's WAL into the database file (stemedb.backfill), so

@@ -78,8 +78,8 @@ def serve(config_path: str | None, data_dir: str | None, wal_dir: str | None,
     _set_process_name()
     # The WAL writer gives up the GIL in every write, fdatasync and SQLite call; with
     # CPython's default 5 ms switch interval it then waits behind the event loop and
-    # reader threads.  1 ms gave 1.5x the durable write rate at 64 concurrent writers
-    # on the benchmark machine (docs/benchmarks.md).
+    # reader threads; a shorter interval hands it back sooner (measured in
+    # bench/results/history.md, section 5 and after).
     sys.setswitchinterval(limits.gil_switch_interval_seconds)
     effective = cfg.effective()
     effective["data_dir"] = os.path.abspath(cfg.data_dir)
