@@ -160,6 +160,7 @@ def _empty(tmp_path: Path) -> str:
     ("[server]\ncolour = \"blue\"\n", {}, "server.colour"),
     ("[server]\nreader_threads = 0\n", {}, "server.reader_threads"),
     ("", {"STEMEDB_SERVER_READER_THREADS": "65"}, "server.reader_threads"),
+    ("[state]\npage_cache_bytes = 1024\n", {}, "state.page_cache_bytes"),
     ("[auth]\ntokens = [{ name = \"x\", token = \"\" }]\n", {}, "auth.tokens[0]"),
     ("not toml at all = = =\n", {}, "not valid TOML"),
 ])

@@ -510,6 +510,28 @@ def test_reader_threads_come_from_config(tmp_path: Path) -> None:
         e.close()
 
 
+def test_page_cache_bytes_come_from_config(tmp_path: Path) -> None:
+    """[state] page_cache_bytes bounds every connection's page cache (PRAGMA
+    cache_size in KiB, negative), the writer's and the readers'."""
+    from stemedb.config import load_config
+
+    assert (load_config(None, env={}).engine_config().page_cache_bytes
+            == limits.state_page_cache_bytes_default)
+    small = load_config(None, env={"STEMEDB_STATE_PAGE_CACHE_BYTES": str(8 << 20)}
+                        ).engine_config()
+    assert small.page_cache_bytes == 8 << 20
+    e = Engine(tmp_path / "db", cfg(page_cache_bytes=small.page_cache_bytes))
+    e.recover()
+    e.start()
+    try:
+        assert e.read(lambda c: c.execute("PRAGMA cache_size").fetchone()[0]).result() \
+            == -8 * 1024
+        assert e._wconn is not None
+        assert e._wconn.execute("PRAGMA cache_size").fetchone()[0] == -8 * 1024
+    finally:
+        e.close()
+
+
 def test_backfill_can_be_turned_off_by_config(tmp_path: Path) -> None:
     from stemedb.config import load_config
 

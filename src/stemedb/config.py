@@ -31,6 +31,10 @@ Layout (every key optional; defaults below)::
     replay_budget_seconds = 1.0
     backfill = true                        # copy SQLite's WAL between checkpoints
 
+    [state]
+    page_cache_bytes = 67108864            # 64 MiB: SQLite's page cache per connection
+                                           # (the writer's and each reader's)
+
     [idempotency]
     ttl_seconds = 86400
 
@@ -83,6 +87,7 @@ SCHEMA: dict[tuple[str, str], tuple[type, Any]] = {
     ("checkpoint", "interval_seconds"): (float, limits.checkpoint_interval_seconds_default),
     ("checkpoint", "replay_budget_seconds"): (float, limits.replay_budget_seconds_default),
     ("checkpoint", "backfill"): (bool, True),
+    ("state", "page_cache_bytes"): (int, limits.state_page_cache_bytes_default),
     ("idempotency", "ttl_seconds"): (float, limits.idempotency_ttl_seconds_default),
     ("auth", "tokens"): (list, []),
 }
@@ -134,6 +139,7 @@ class Config:
             idempotency_ttl_seconds=v[("idempotency", "ttl_seconds")],
             reader_threads=v[("server", "reader_threads")],
             wal_dir=v[("wal", "dir")],
+            page_cache_bytes=v[("state", "page_cache_bytes")],
         )
         try:
             cfg.validate()

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 import orjson
@@ -56,6 +56,7 @@ from .errors import (
 from .layout import place_wal_dir, wal_link_path
 from .metrics import Metrics
 from .model import encode_json, validate_assertion, validate_batch, validate_vote
+from .read_index import ReadIndex, TooStale
 from .readers import ReaderPool, run_in_snapshot
 from .storage import DiskUsage, FileSystem, OsFileSystem
 from .wal import (
@@ -103,6 +104,8 @@ class EngineConfig:
     # Copy SQLite's WAL into its database file in the background (stemedb.backfill): a
     # short checkpoint stall under heavy writes, for syncs beside the WAL's fdatasync.
     sqlite_backfill: bool = True
+    # SQLite's page cache per connection: the writer's and each of reader_threads'.
+    page_cache_bytes: int = limits.state_page_cache_bytes_default
 
     def validate(self) -> None:
         if self.fsync not in FSYNC_POLICIES:
@@ -124,6 +127,10 @@ class EngineConfig:
                      "idempotency_ttl_seconds"):
             if getattr(self, name) < 0:
                 raise InvalidInput(f"{name} must not be negative")
+        if self.page_cache_bytes < limits.state_page_cache_bytes_min:
+            raise InvalidInput(f"state.page_cache_bytes must be at least "
+                               f"{limits.state_page_cache_bytes_min}, got "
+                               f"{self.page_cache_bytes}")
         if not 1 <= self.reader_threads <= limits.reader_threads_max:
             raise InvalidInput(f"server.reader_threads must be between 1 and "
                                f"{limits.reader_threads_max}, got {self.reader_threads}")
@@ -151,6 +158,15 @@ class WriteResult:
     body: dict[str, Any]
     lsn: int
     idempotent_replay: bool = False
+
+
+@dataclass
+class ReadResult(Generic[T]):
+    """What a consistent read returns: its value, and the state's applied LSN (the end
+    of the last applied record) in the snapshot it read."""
+
+    value: T
+    applied_lsn: int
 
 
 @dataclass
@@ -425,6 +441,7 @@ class Engine:
         self._wal_linked = False  # <data-dir>/wal is a link to another directory
         self._disk_checked_mono = 0.0
         self.applied_records = 0
+        self.read_index = ReadIndex()
         self.last_fsync_seconds: float | None = None
         self._ctx_cache: st.ApplyContext | None = None
         self._gauges_mono = 0.0
@@ -449,6 +466,8 @@ class Engine:
         self.progress.phase = "done"
         self.progress.eta_seconds = 0.0
         self.recovered = True
+        if self._wconn is not None:
+            self.read_index.publish_applied(st.applied_end_lsn(self._wconn) or 0)
         self.m.replay_last_duration_seconds.set(report.seconds)
         if report.created:
             log.info("created a new database in %s (WAL in %s)", self.data_dir, self.wal_dir)
@@ -472,7 +491,8 @@ class Engine:
         if self.fs.exists(tmp):
             self.fs.remove(tmp)
         os.makedirs(self.data_dir, exist_ok=True)
-        conn = self._wconn = st.connect(self.db_path)
+        conn = self._wconn = st.connect(self.db_path,
+                                        cache_bytes=self.config.page_cache_bytes)
         applied = st.applied_end_lsn(conn)
         self.applied_records = int(st.get_meta(conn, "applied_records") or 0)
         measured = st.get_meta(conn, "replay_bytes_per_second")
@@ -927,7 +947,9 @@ class Engine:
                 self._thread = threading.Thread(target=self._run_writer,
                                                 name="stemedb-writer", daemon=True)
                 self._thread.start()
-        self._readers = ReaderPool(lambda: st.connect(self.db_path, readonly=True),
+        cache_bytes = self.config.page_cache_bytes
+        self._readers = ReaderPool(lambda: st.connect(self.db_path, readonly=True,
+                                                      cache_bytes=cache_bytes),
                                    self.config.reader_threads, limits.read_batch_max)
         if self._background and self.config.sqlite_backfill:
             self._backfill = Backfiller(
@@ -1410,6 +1432,11 @@ class Engine:
                              self._state_failed(exc, frames, written, group_mark))
             return
         self._ctx_cache = ctx
+        if frames:
+            # Durable (by the policy) and applied: before any caller is told.
+            end = frames[-1][1] + frame_size(len(frames[-1][2]))
+            self.read_index.publish_durable(end)
+            self.read_index.publish_applied(end)
         for p, key in retries:
             body_sha256, i = group_keys[key]
             if p.request.body_sha256 != body_sha256:
@@ -1692,6 +1719,43 @@ class Engine:
         if self._readers is None:
             raise Closed("the engine is not started")
         return self._readers.submit_async(fn)
+
+    async def read_consistent_async(
+            self, fn: Callable[[sqlite3.Connection], T], *, min_lsn: int | None = None,
+            stale: bool = False, max_staleness_seconds: float | None = None,
+            wait_timeout_seconds: float = limits.read_wait_timeout_seconds_default
+    ) -> ReadResult[T]:
+        """Read as SPEC "Reads and consistency" says, from a coroutine.
+
+        Default (linearizable): wait until the state has applied every write
+        acknowledged before this call; ``min_lsn``: wait until the record at that LSN is
+        applied (read-your-writes); ``stale``: do not wait, but raise
+        :class:`TooStale` when the state has been behind for longer than
+        ``max_staleness_seconds``.  A wait that outlasts ``wait_timeout_seconds`` raises
+        :class:`LsnNotReached`.  The result carries the applied LSN of the snapshot the
+        read saw; a :class:`StemeError` raised by ``fn`` carries it as ``applied_lsn``.
+        """
+        ri = self.read_index
+        if stale:
+            if max_staleness_seconds is not None:
+                behind = ri.staleness_seconds()
+                if behind > max_staleness_seconds:
+                    raise TooStale(f"the state is {behind * 1000:.0f} ms behind the WAL, "
+                                   f"more than max_staleness_ms="
+                                   f"{max_staleness_seconds * 1000:.0f}")
+        else:
+            await ri.wait_async(ri.target_for(min_lsn), wait_timeout_seconds)
+
+        def in_snapshot(conn: sqlite3.Connection) -> tuple[T, int]:
+            applied = st.applied_end_lsn(conn) or 0
+            try:
+                return fn(conn), applied
+            except StemeError as exc:
+                exc.applied_lsn = applied
+                raise
+
+        value, applied = await self.read_async(in_snapshot)
+        return ReadResult(value, applied)
 
     def read_now(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` on the calling thread (for tools and tests; not the event loop)."""

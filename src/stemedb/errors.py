@@ -12,6 +12,8 @@ class StemeError(Exception):
 
     code = "internal_error"
     http_status = 500
+    # Set on an error of a read: the state's applied LSN in the snapshot that read it.
+    applied_lsn: int | None = None
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)

@@ -88,6 +88,9 @@ reader_threads = 2
 state_page_cache_bytes_default = 64 * MiB
 state_page_cache_bytes_min = 256 * KiB
 reader_threads_max = 64
+# How long a read waits for the state to apply the LSN it needs (SPEC "Reads and
+# consistency"): then 503 lsn_not_reached.  [read] wait_timeout_ms.
+read_wait_timeout_seconds_default = 5.0
 read_batch_max = 64  # reads one reader thread takes per wake-up
 # A background pass copying SQLite's WAL into the database file (stemedb.backfill), so
 # the writer-blocking part of a checkpoint stays short: at most one pass per interval,

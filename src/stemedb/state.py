@@ -74,7 +74,9 @@ CREATE TABLE IF NOT EXISTS holds (
 """.format(assertion_indexes="\n".join(_ASSERTION_INDEX_DDL))
 
 
-def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+def connect(path: str, *, readonly: bool = False,
+            cache_bytes: int = limits.state_page_cache_bytes_default) -> sqlite3.Connection:
+    """A connection to the state database; ``cache_bytes`` bounds its page cache."""
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
                                check_same_thread=False)
@@ -91,7 +93,7 @@ def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
         conn.execute(f"PRAGMA journal_size_limit={limits.sqlite_wal_size_limit_bytes}")
         conn.executescript(SCHEMA)
     conn.execute("PRAGMA busy_timeout=5000")
-    conn.execute("PRAGMA cache_size=-65536")
+    conn.execute(f"PRAGMA cache_size=-{max(1, int(cache_bytes) // 1024)}")  # KiB when < 0
     return conn
 
 
