@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench import engine_bench, http_bench, replay_bench, restart_bench, stack_bench
+from bench import (
+    engine_bench,
+    http_bench,
+    memory_bench,
+    replay_bench,
+    restart_bench,
+    stack_bench,
+)
 
 
 def _run(main: Any, args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -144,3 +151,12 @@ def test_stack_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert [r["stack"] for r in rows] == list(stack_bench.STACKS)
     # Every stack really wrote: requests answered, none of them an error status.
     assert all(r["per_s"] > 0 and r["errors"] == 0 for r in rows), rows
+
+
+@pytest.mark.timeout(90)
+def test_memory_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--seconds", "3", "--sample-seconds", "1", "--clients", "2",
+            "--page-cache-bytes", "1048576"]
+    out, _ = _run(memory_bench.main, args, tmp_path, capsys)
+    assert "stemedb serve RSS under unique writes" in out and "RSS over time" in out
+    assert "Targets" in out
