@@ -24,6 +24,20 @@ a retry of a write it already made with the first response, so a retry never
 writes twice.  Reads are retried the same way.  A 500 ``wal_fsync_failed`` is
 never retried: the write's outcome is unknown until the server restarts; retry it
 yourself later with the same key (``idempotency_key=``) to learn it.
+
+Consistency (SPEC "Reads and consistency"): a read sees every write acknowledged
+before it (``consistency="linearizable"``, the default); ``min_lsn=N`` asks for at
+least every write whose ``lsn`` is at most N; ``consistency="stale"`` (optionally
+with ``max_staleness_ms=``) takes what the server has applied now, without waiting.
+Every read answer's ``StemeDB-Applied-LSN`` lands in :attr:`Client.last_applied_lsn`
+(and in ``applied_lsn`` of an error).  A :meth:`Client.session` remembers the
+highest ``lsn`` of its own writes and reads with it as ``min_lsn``
+(read-your-writes)::
+
+    with Client("http://127.0.0.1:18180") as db:
+        s = db.session()
+        a = s.create_assertion("paris", "capital_of", "france", author="alice")
+        s.get_assertion(a.id)                      # sent with min_lsn=a.lsn
 """
 
 from __future__ import annotations
@@ -34,7 +48,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -47,6 +61,7 @@ __all__ = [
     "AssertionCreated",
     "AssertionPage",
     "AsyncClient",
+    "AsyncSession",
     "BadRequest",
     "BatchResult",
     "CheckpointResult",
@@ -62,6 +77,7 @@ __all__ = [
     "SealResult",
     "SealedEpoch",
     "ServerError",
+    "Session",
     "StemeClientError",
     "TooLarge",
     "Unauthorized",
@@ -77,6 +93,8 @@ __all__ = [
 
 DEFAULT_URL = "http://127.0.0.1:18180"
 T = TypeVar("T")
+APPLIED_LSN_HEADER = "StemeDB-Applied-LSN"
+Consistency = Literal["linearizable", "stale"]
 
 
 # -- errors -------------------------------------------------------------------------
@@ -92,6 +110,8 @@ class StemeClientError(Exception):
         self.message = message
         self.hint = hint
         self.retry_after_seconds = retry_after_seconds
+        # The server state's applied LSN when it answered (errors of reads: 404, 503).
+        self.applied_lsn: int | None = None
 
 
 class ConnectionFailed(StemeClientError):
@@ -155,6 +175,13 @@ def _retry_after(resp: httpx.Response) -> float | None:
         return None
 
 
+def _applied_lsn(resp: httpx.Response) -> int | None:
+    try:
+        return int(resp.headers[APPLIED_LSN_HEADER])
+    except (KeyError, ValueError):
+        return None
+
+
 def _error_from(resp: httpx.Response) -> StemeClientError:
     code, message, hint = f"http_{resp.status_code}", resp.reason_phrase, None
     try:
@@ -170,8 +197,10 @@ def _error_from(resp: httpx.Response) -> StemeClientError:
             cls = ServerError
         else:
             cls = StemeClientError
-    return cls(resp.status_code, code, message, hint=hint,
-               retry_after_seconds=_retry_after(resp))
+    err = cls(resp.status_code, code, message, hint=hint,
+              retry_after_seconds=_retry_after(resp))
+    err.applied_lsn = _applied_lsn(resp)
+    return err
 
 
 # -- results ------------------------------------------------------------------------
@@ -372,6 +401,7 @@ class _Call:
     params: dict[str, Any] | None = None
     body: bytes | None = None
     idempotency_key: str | None = None
+    read: bool = False  # a read route: takes min_lsn, consistency, max_staleness_ms
 
     def headers(self) -> dict[str, str]:
         h: dict[str, str] = {}
@@ -386,6 +416,18 @@ def _write(method: str, path: str, body: Any, key: str | None) -> _Call:
     raw = None if body is None else json.dumps(body, separators=(",", ":"),
                                                allow_nan=False).encode()
     return _Call(method, path, body=raw, idempotency_key=key or str(uuid.uuid4()))
+
+
+def _read(path: str, params: dict[str, Any] | None = None, *, min_lsn: int | None = None,
+          consistency: Consistency | None = None, max_staleness_ms: int | None = None
+          ) -> _Call:
+    """A read of ``path``, with the consistency it asks for (the server validates it)."""
+    out = dict(params or {})
+    for name, value in (("min_lsn", min_lsn), ("consistency", consistency),
+                        ("max_staleness_ms", max_staleness_ms)):
+        if value is not None:
+            out[name] = value
+    return _Call("GET", path, params=out or None, read=True)
 
 
 def _list_params(filters: dict[str, Any]) -> dict[str, Any]:
@@ -410,9 +452,23 @@ class _Base:
         self.retries_max = retries_max
         self.backoff_seconds_initial = backoff_seconds_initial
         self.backoff_seconds_max = backoff_seconds_max
+        # StemeDB-Applied-LSN of the last response that carried it (every read's).
+        self.last_applied_lsn: int | None = None
 
     def __repr__(self) -> str:  # never the token
         return f"{type(self).__name__}({self.base_url!r})"
+
+    def _prepare(self, call: _Call) -> _Call:
+        """The call as sent (a session adds its ``min_lsn`` to reads)."""
+        return call
+
+    def _observe(self, resp: httpx.Response) -> None:
+        applied = _applied_lsn(resp)
+        if applied is not None:
+            self.last_applied_lsn = applied
+
+    def _wrote(self, body: dict[str, Any]) -> None:
+        """A write answered with ``body`` (a session remembers its ``lsn``)."""
 
     def _wait_seconds(self, attempt: int, retry_after: float | None) -> float:
         backoff = self.backoff_seconds_initial * float(2 ** attempt)
@@ -464,12 +520,14 @@ class Client(_Base):
         self._http.close()
 
     def _send(self, call: _Call) -> httpx.Response:
+        call = self._prepare(call)
         for attempt in range(self.retries_max + 1):  # bounded: 1 + retries_max tries
             resp: httpx.Response | None = None
             err: httpx.TransportError | None = None
             try:
                 resp = self._http.request(call.method, call.path, params=call.params,
                                           content=call.body, headers=call.headers())
+                self._observe(resp)
             except httpx.TransportError as exc:
                 err = exc
             wait, result = self._outcome(call, attempt, resp, err)
@@ -483,7 +541,10 @@ class Client(_Base):
 
     def _json(self, call: _Call) -> tuple[dict[str, Any], bool]:
         resp = self._send(call)
-        return resp.json(), resp.headers.get("Idempotent-Replayed") == "true"
+        body: dict[str, Any] = resp.json()
+        if call.idempotency_key is not None:
+            self._wrote(body)
+        return body, resp.headers.get("Idempotent-Replayed") == "true"
 
     # writes
     def create_assertion(self, subject: str, predicate: str, object: Any, *, author: str,
@@ -508,16 +569,24 @@ class Client(_Base):
         d, replayed = self._json(_write("POST", "/v1/epochs", None, idempotency_key))
         return _build(SealResult, d, replayed=replayed)
 
-    # reads
-    def get_assertion(self, assertion_id: int) -> Assertion:
-        return _assertion(self._json(_Call("GET", f"/v1/assertions/{int(assertion_id)}"))[0])
+    # reads: each takes min_lsn=, consistency= and max_staleness_ms= (module docstring)
+    def get_assertion(self, assertion_id: int, *, min_lsn: int | None = None,
+                      consistency: Consistency | None = None,
+                      max_staleness_ms: int | None = None) -> Assertion:
+        return _assertion(self._json(_read(
+            f"/v1/assertions/{int(assertion_id)}", min_lsn=min_lsn, consistency=consistency,
+            max_staleness_ms=max_staleness_ms))[0])
 
     def list_assertions(self, *, subject: str | None = None, predicate: str | None = None,
                         author: str | None = None, epoch: int | None = None,
-                        after: int | None = None, limit: int | None = None) -> AssertionPage:
+                        after: int | None = None, limit: int | None = None,
+                        min_lsn: int | None = None, consistency: Consistency | None = None,
+                        max_staleness_ms: int | None = None) -> AssertionPage:
         params = _list_params(dict(subject=subject, predicate=predicate, author=author,
                                    epoch=epoch, after=after, limit=limit))
-        return _page(self._json(_Call("GET", "/v1/assertions", params=params))[0])
+        return _page(self._json(_read("/v1/assertions", params, min_lsn=min_lsn,
+                                      consistency=consistency,
+                                      max_staleness_ms=max_staleness_ms))[0])
 
     def iter_assertions(self, **filters: Any) -> Iterator[Assertion]:
         """Every matching assertion, page after page (``after`` is the cursor)."""
@@ -530,18 +599,32 @@ class Client(_Base):
             filters["after"] = page.next
         raise RuntimeError(f"more than {limits.client_page_iterations_max} pages")
 
-    def votes(self, assertion_id: int, epoch: int | None = None) -> Votes:
+    def votes(self, assertion_id: int, epoch: int | None = None, *,
+              min_lsn: int | None = None, consistency: Consistency | None = None,
+              max_staleness_ms: int | None = None) -> Votes:
         params = None if epoch is None else {"epoch": epoch}
-        return _votes(self._json(_Call("GET", f"/v1/assertions/{int(assertion_id)}/votes",
-                                       params=params))[0])
+        return _votes(self._json(_read(f"/v1/assertions/{int(assertion_id)}/votes", params,
+                                       min_lsn=min_lsn, consistency=consistency,
+                                       max_staleness_ms=max_staleness_ms))[0])
 
-    def current_epoch(self) -> Epoch:
-        return _build(Epoch, self._json(_Call("GET", "/v1/epochs/current"))[0])
+    def current_epoch(self, *, min_lsn: int | None = None,
+                      consistency: Consistency | None = None,
+                      max_staleness_ms: int | None = None) -> Epoch:
+        return _build(Epoch, self._json(_read("/v1/epochs/current", min_lsn=min_lsn,
+                                              consistency=consistency,
+                                              max_staleness_ms=max_staleness_ms))[0])
 
-    def get_epoch(self, n: int, *, after: int | None = None, limit: int | None = None
-                  ) -> SealedEpoch:
+    def get_epoch(self, n: int, *, after: int | None = None, limit: int | None = None,
+                  min_lsn: int | None = None, consistency: Consistency | None = None,
+                  max_staleness_ms: int | None = None) -> SealedEpoch:
         params = {k: v for k, v in (("after", after), ("limit", limit)) if v is not None}
-        return _sealed(self._json(_Call("GET", f"/v1/epochs/{int(n)}", params=params))[0])
+        return _sealed(self._json(_read(f"/v1/epochs/{int(n)}", params, min_lsn=min_lsn,
+                                        consistency=consistency,
+                                        max_staleness_ms=max_staleness_ms))[0])
+
+    def session(self, *, min_lsn: int | None = None) -> Session:
+        """A :class:`Session` on this client's connections (read-your-writes)."""
+        return Session(self, min_lsn=min_lsn)
 
     # operations
     def status(self) -> dict[str, Any]:
@@ -584,12 +667,14 @@ class AsyncClient(_Base):
         await self._http.aclose()
 
     async def _send(self, call: _Call) -> httpx.Response:
+        call = self._prepare(call)
         for attempt in range(self.retries_max + 1):  # bounded: 1 + retries_max tries
             resp: httpx.Response | None = None
             err: httpx.TransportError | None = None
             try:
                 resp = await self._http.request(call.method, call.path, params=call.params,
                                                 content=call.body, headers=call.headers())
+                self._observe(resp)
             except httpx.TransportError as exc:
                 err = exc
             wait, result = self._outcome(call, attempt, resp, err)
@@ -603,7 +688,10 @@ class AsyncClient(_Base):
 
     async def _json(self, call: _Call) -> tuple[dict[str, Any], bool]:
         resp = await self._send(call)
-        return resp.json(), resp.headers.get("Idempotent-Replayed") == "true"
+        body: dict[str, Any] = resp.json()
+        if call.idempotency_key is not None:
+            self._wrote(body)
+        return body, resp.headers.get("Idempotent-Replayed") == "true"
 
     async def create_assertion(self, subject: str, predicate: str, object: Any, *,
                                author: str, confidence: float | None = None,
@@ -631,17 +719,25 @@ class AsyncClient(_Base):
         d, replayed = await self._json(_write("POST", "/v1/epochs", None, idempotency_key))
         return _build(SealResult, d, replayed=replayed)
 
-    async def get_assertion(self, assertion_id: int) -> Assertion:
-        d, _ = await self._json(_Call("GET", f"/v1/assertions/{int(assertion_id)}"))
+    async def get_assertion(self, assertion_id: int, *, min_lsn: int | None = None,
+                            consistency: Consistency | None = None,
+                            max_staleness_ms: int | None = None) -> Assertion:
+        d, _ = await self._json(_read(f"/v1/assertions/{int(assertion_id)}",
+                                      min_lsn=min_lsn, consistency=consistency,
+                                      max_staleness_ms=max_staleness_ms))
         return _assertion(d)
 
     async def list_assertions(self, *, subject: str | None = None,
                               predicate: str | None = None, author: str | None = None,
                               epoch: int | None = None, after: int | None = None,
-                              limit: int | None = None) -> AssertionPage:
+                              limit: int | None = None, min_lsn: int | None = None,
+                              consistency: Consistency | None = None,
+                              max_staleness_ms: int | None = None) -> AssertionPage:
         params = _list_params(dict(subject=subject, predicate=predicate, author=author,
                                    epoch=epoch, after=after, limit=limit))
-        d, _ = await self._json(_Call("GET", "/v1/assertions", params=params))
+        d, _ = await self._json(_read("/v1/assertions", params, min_lsn=min_lsn,
+                                      consistency=consistency,
+                                      max_staleness_ms=max_staleness_ms))
         return _page(d)
 
     async def iter_assertions(self, **filters: Any) -> AsyncIterator[Assertion]:
@@ -655,21 +751,35 @@ class AsyncClient(_Base):
             filters["after"] = page.next
         raise RuntimeError(f"more than {limits.client_page_iterations_max} pages")
 
-    async def votes(self, assertion_id: int, epoch: int | None = None) -> Votes:
+    async def votes(self, assertion_id: int, epoch: int | None = None, *,
+                    min_lsn: int | None = None, consistency: Consistency | None = None,
+                    max_staleness_ms: int | None = None) -> Votes:
         params = None if epoch is None else {"epoch": epoch}
-        d, _ = await self._json(_Call("GET", f"/v1/assertions/{int(assertion_id)}/votes",
-                                      params=params))
+        d, _ = await self._json(_read(f"/v1/assertions/{int(assertion_id)}/votes", params,
+                                      min_lsn=min_lsn, consistency=consistency,
+                                      max_staleness_ms=max_staleness_ms))
         return _votes(d)
 
-    async def current_epoch(self) -> Epoch:
-        d, _ = await self._json(_Call("GET", "/v1/epochs/current"))
+    async def current_epoch(self, *, min_lsn: int | None = None,
+                            consistency: Consistency | None = None,
+                            max_staleness_ms: int | None = None) -> Epoch:
+        d, _ = await self._json(_read("/v1/epochs/current", min_lsn=min_lsn,
+                                      consistency=consistency,
+                                      max_staleness_ms=max_staleness_ms))
         return _build(Epoch, d)
 
-    async def get_epoch(self, n: int, *, after: int | None = None, limit: int | None = None
-                        ) -> SealedEpoch:
+    async def get_epoch(self, n: int, *, after: int | None = None, limit: int | None = None,
+                        min_lsn: int | None = None, consistency: Consistency | None = None,
+                        max_staleness_ms: int | None = None) -> SealedEpoch:
         params = {k: v for k, v in (("after", after), ("limit", limit)) if v is not None}
-        d, _ = await self._json(_Call("GET", f"/v1/epochs/{int(n)}", params=params))
+        d, _ = await self._json(_read(f"/v1/epochs/{int(n)}", params, min_lsn=min_lsn,
+                                      consistency=consistency,
+                                      max_staleness_ms=max_staleness_ms))
         return _sealed(d)
+
+    def session(self, *, min_lsn: int | None = None) -> AsyncSession:
+        """An :class:`AsyncSession` on this client's connections (read-your-writes)."""
+        return AsyncSession(self, min_lsn=min_lsn)
 
     async def status(self) -> dict[str, Any]:
         d, _ = await self._json(_Call("GET", "/v1/admin/status"))
@@ -687,6 +797,77 @@ class AsyncClient(_Base):
         resp = await self._http.get("/readyz")
         body: dict[str, Any] = resp.json()
         return body
+
+
+class _SessionMixin(_Base):
+    """What a session adds to a client: its writes' highest ``lsn``, sent as ``min_lsn``."""
+
+    lsn: int | None
+
+    def _prepare(self, call: _Call) -> _Call:
+        params = dict(call.params or {})
+        if not call.read or self.lsn is None or params.get("consistency") == "stale":
+            return call  # a stale read asks not to wait: it may miss the session's writes
+        asked = params.get("min_lsn")
+        params["min_lsn"] = self.lsn if asked is None else max(int(asked), self.lsn)
+        return _Call(call.method, call.path, params=params, body=call.body,
+                     idempotency_key=call.idempotency_key, read=True)
+
+    def _wrote(self, body: dict[str, Any]) -> None:
+        lsn = body.get("lsn")
+        if isinstance(lsn, int) and not isinstance(lsn, bool) \
+                and (self.lsn is None or lsn > self.lsn):
+            self.lsn = lsn
+
+
+class Session(_SessionMixin, Client):
+    """Read-your-writes on top of a :class:`Client` (``db.session()``), as causal
+    sessions do in Cosmos DB and MongoDB.
+
+    It has every method of the client, on the client's connections and settings.
+    ``lsn`` is the highest ``lsn`` any of its writes returned (a replayed write's
+    too), or the ``min_lsn`` it was opened with; every read it makes passes it as
+    ``min_lsn`` (the larger of it and a ``min_lsn=`` given to the call), so it sees
+    its own writes even where reads could lag them.  A ``consistency="stale"`` read
+    passes none: it asked not to wait.  Pass ``lsn`` to another process and open
+    ``db.session(min_lsn=lsn)`` there to carry the guarantee along.  Closing a
+    session leaves the client open.  One session is meant for one thread of work.
+    """
+
+    def __init__(self, client: Client, *, min_lsn: int | None = None) -> None:
+        _Base.__init__(self, client.base_url, None, client.timeout_seconds,
+                       client.retries_max, client.backoff_seconds_initial,
+                       client.backoff_seconds_max)
+        self._headers = client._headers
+        self._http = client._http
+        self._sleep = client._sleep
+        self.client = client
+        self.lsn = min_lsn
+
+    def __enter__(self) -> Session:
+        return self
+
+    def close(self) -> None:
+        """Nothing to release: the connections are the client's."""
+
+
+class AsyncSession(_SessionMixin, AsyncClient):
+    """:class:`Session` for an :class:`AsyncClient` (``db.session()``)."""
+
+    def __init__(self, client: AsyncClient, *, min_lsn: int | None = None) -> None:
+        _Base.__init__(self, client.base_url, None, client.timeout_seconds,
+                       client.retries_max, client.backoff_seconds_initial,
+                       client.backoff_seconds_max)
+        self._headers = client._headers
+        self._http = client._http
+        self.client = client
+        self.lsn = min_lsn
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def aclose(self) -> None:
+        """Nothing to release: the connections are the client's."""
 
 
 def _segment(text: str) -> str:

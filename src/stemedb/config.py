@@ -35,6 +35,10 @@ Layout (every key optional; defaults below)::
     page_cache_bytes = 67108864            # 64 MiB: SQLite's page cache per connection
                                            # (the writer's and each reader's)
 
+    [read]
+    wait_timeout_ms = 5000                 # how long a read waits for the state to apply
+                                           # the LSN it needs; then 503 lsn_not_reached
+
     [idempotency]
     ttl_seconds = 86400
 
@@ -88,6 +92,7 @@ SCHEMA: dict[tuple[str, str], tuple[type, Any]] = {
     ("checkpoint", "replay_budget_seconds"): (float, limits.replay_budget_seconds_default),
     ("checkpoint", "backfill"): (bool, True),
     ("state", "page_cache_bytes"): (int, limits.state_page_cache_bytes_default),
+    ("read", "wait_timeout_ms"): (int, round(limits.read_wait_timeout_seconds_default * 1000)),
     ("idempotency", "ttl_seconds"): (float, limits.idempotency_ttl_seconds_default),
     ("auth", "tokens"): (list, []),
 }
@@ -243,6 +248,8 @@ def load_config(path: str | None = None, *, env: Mapping[str, str] | None = None
     cfg.listen  # noqa: B018 - validates
     if values[("server", "log_format")] not in ("plain", "json"):
         raise ConfigError("server.log_format must be plain or json")
+    if values[("read", "wait_timeout_ms")] < 1:
+        raise ConfigError("read.wait_timeout_ms must be at least 1")
     cfg.engine_config()
     return cfg
 

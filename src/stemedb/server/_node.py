@@ -68,6 +68,8 @@ class Node:
         self.recovery_error: BaseException | None = None
         self.drain_grace_seconds = float(config.get("server", "drain_grace_seconds"))
         self.body_bytes_max = int(config.get("server", "body_bytes_max"))
+        # [read] wait_timeout_ms: how long a read waits for the LSN it needs (then 503).
+        self.read_wait_timeout_seconds = int(config.get("read", "wait_timeout_ms")) / 1000
         self._inflight_writes = 0
         self._idle = asyncio.Event()
         self._idle.set()

@@ -50,7 +50,34 @@ def _obj(props: dict[str, Any], required: list[str] | None = None, *,
 _TIME = {"type": "string", "format": "date-time"}
 _NULLABLE_INT = {"type": "integer", "nullable": True}
 
+# An integer in a stored JSON value must fit in 64 bits, signed or unsigned: orjson
+# encodes no other (model.encode_json; 400 invalid_number otherwise).
+JSON_INT_MIN = -(2**63)
+JSON_INT_MAX = 2**64 - 1
+
+# Any JSON value the server stores.  OpenAPI 3.0 schemas follow JSON Schema draft 4
+# (so does schemathesis's validator), where an "integer" is a number written without a
+# fraction or an exponent: exactly the numbers the body parser turns into Python ints
+# (_http.parse_json), the only ones held to the 64-bit range.  So 1.5, 1e30 and 1.0
+# are numbers that are not integers (the server keeps them as floats and accepts
+# them), while 18446744073709551616 is an integer out of range (refused).  OpenAPI 3.0
+# has no null type and ``nullable`` acts only beside a ``type``, so null rides on the
+# boolean branch.
+_JSON_VALUE = {
+    "description": "any JSON value; an integer (a number with no fraction and no "
+                   f"exponent) is between {JSON_INT_MIN} and {JSON_INT_MAX}",
+    "anyOf": [
+        {"type": "boolean", "nullable": True},
+        {"type": "string"},
+        {"type": "integer", "minimum": JSON_INT_MIN, "maximum": JSON_INT_MAX},
+        {"type": "number", "not": {"type": "integer"}},
+        {"type": "array", "items": _ref("JsonValue")},
+        {"type": "object", "additionalProperties": _ref("JsonValue")},
+    ],
+}
+
 SCHEMAS: dict[str, Any] = {
+    "JsonValue": _JSON_VALUE,
     "Error": _obj({"error": _obj({"code": {"type": "string", "pattern": "^[a-z0-9_]+$"},
                                   "message": {"type": "string"},
                                   "hint": {"type": "string"}}, ["code", "message"])},
@@ -58,7 +85,9 @@ SCHEMAS: dict[str, Any] = {
     "AssertionInput": _obj({
         "subject": _text(limits.subject_bytes_max),
         "predicate": _text(limits.predicate_bytes_max),
-        "object": {"description": "any JSON value; its encoding is at most "
+        "object": {"allOf": [_ref("JsonValue")],
+                   "description": "any JSON value; its integers fit in 64 bits (signed or "
+                                  "unsigned range); its encoding is at most "
                                   f"{limits.object_bytes_max} bytes and it nests at most "
                                   f"{limits.json_depth_max} levels"},
         "author": _text(limits.author_bytes_max),
@@ -83,7 +112,8 @@ SCHEMAS: dict[str, Any] = {
                               "created_at": _TIME}, ["id", "lsn", "epoch", "created_at"]),
     "AssertionRecord": _obj({
         "id": _int(1), "subject": {"type": "string"}, "predicate": {"type": "string"},
-        "object": {}, "author": {"type": "string"}, "confidence": {"type": "number"},
+        "object": _ref("JsonValue"), "author": {"type": "string"},
+        "confidence": {"type": "number"},
         "source": {"type": "string"}, "epoch": _int(1), "lsn": _int(),
         "created_at": _TIME,
     }, ["id", "subject", "predicate", "object", "author", "epoch", "lsn", "created_at"]),
@@ -212,6 +242,51 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
             "description": description}
 
 
+# SPEC "Reads and consistency": what every read route takes and answers
+# (server._routes.read_options parses exactly these).
+_READ_PARAMS = [
+    _query("consistency", {"type": "string", "enum": ["linearizable", "stale"],
+                           "default": "linearizable"},
+           "linearizable (default): see every write acknowledged before the read arrived, "
+           "waiting up to [read] wait_timeout_ms for the state (then 503 lsn_not_reached); "
+           "stale: what is applied now, no waiting (not with min_lsn)"),
+    _query("min_lsn", _int(0, ID_MAX),
+           "read-your-writes: see at least every write whose lsn is at most this (pass the "
+           "lsn a write returned); waits like a linearizable read; not with "
+           "consistency=stale; the same as the StemeDB-Min-LSN header"),
+    _query("max_staleness_ms", _int(0, ID_MAX),
+           "with consistency=stale only (400 otherwise): 503 too_stale when this node's "
+           "state is further behind its WAL than this"),
+    {"name": "StemeDB-Min-LSN", "in": "header", "required": False,
+     "schema": _int(0, ID_MAX),
+     "description": "the same as the min_lsn query parameter (both given and different: "
+                    "400)"},
+]
+
+
+def _applied_lsn_header(required: bool) -> dict[str, Any]:
+    return {"StemeDB-Applied-LSN": {
+        "required": required, "schema": _int(0),
+        "description": "the state's position (the end LSN of the last WAL record it "
+                       "applied) when it answered" + ("" if required else
+                                                     "; present when the read ran")}}
+
+
+def _read_ok(schema: str, description: str) -> dict[str, Any]:
+    return {**_ok(200, schema, description), "headers": _applied_lsn_header(True)}
+
+
+def _read_error(status: int) -> dict[str, Any]:
+    out = _error(status)
+    out["headers"] = {**out.get("headers", {}), **_applied_lsn_header(False)}
+    if status == 503:
+        out["description"] = (
+            "replaying, draining or stopping; lsn_not_reached: the state did not reach the "
+            "LSN the read needs within [read] wait_timeout_ms; too_stale: a stale read's "
+            "max_staleness_ms was exceeded.  Retry after Retry-After seconds")
+    return out
+
+
 def _op(op_id: str, summary: str, responses: dict[int, Any], *, scope: str | None,
         auth: bool, params: list[dict[str, Any]] | None = None,
         body: str | None = None, body_required: bool = True, tags: list[str] | None = None
@@ -248,7 +323,7 @@ def openapi_document(*, auth_enabled: bool, body_bytes_max: int = limits.http_bo
     """The document for a server with (or without) bearer tokens configured."""
     a = auth_enabled
     write_errors = {400: 400, 409: 409, 413: 413, 415: 415, 500: 500, 503: 503, 507: 507}
-    read_errors = {400: 400, 503: 503}
+    read_errors = {400: 400, 503: _read_error(503)}
     list_params = [
         _query("subject", _text(limits.subject_bytes_max), "exact subject"),
         _query("predicate", _text(limits.predicate_bytes_max), "exact predicate"),
@@ -271,13 +346,14 @@ def openapi_document(*, auth_enabled: bool, body_bytes_max: int = limits.http_bo
                 **write_errors}, scope="write", auth=a, params=[_IDEMPOTENCY_PARAM],
                 body="AssertionInput"),
             "get": _op("listAssertions", "List assertions, filtered, by id, with a cursor",
-                       {200: _ok(200, "AssertionPage", "one page"), **read_errors},
-                       scope="read", auth=a, params=list_params),
+                       {200: _read_ok("AssertionPage", "one page"), **read_errors},
+                       scope="read", auth=a, params=[*list_params, *_READ_PARAMS]),
         },
         "/v1/assertions/{id}": {
             "get": _op("getAssertion", "One assertion with its tally in the open epoch",
-                       {200: _ok(200, "Assertion", "the assertion"), **read_errors,
-                        404: 404}, scope="read", auth=a, params=[_ID_PARAM]),
+                       {200: _read_ok("Assertion", "the assertion"), **read_errors,
+                        404: _read_error(404)}, scope="read", auth=a,
+                       params=[_ID_PARAM, *_READ_PARAMS]),
         },
         "/v1/assertions/{id}/votes/{voter}": {
             "put": _op("putVote", "Vote +1 or -1 in the open epoch (idempotent upsert)", {
@@ -290,10 +366,11 @@ def openapi_document(*, auth_enabled: bool, body_bytes_max: int = limits.http_bo
         },
         "/v1/assertions/{id}/votes": {
             "get": _op("listVotes", "Votes of the open epoch, or of a sealed one",
-                       {200: _ok(200, "Votes", "the votes and their tally"), **read_errors,
-                        404: 404}, scope="read", auth=a,
+                       {200: _read_ok("Votes", "the votes and their tally"), **read_errors,
+                        404: _read_error(404)}, scope="read", auth=a,
                        params=[_ID_PARAM, _query("epoch", _int(1, ID_MAX),
-                                                 "a sealed epoch (default: the open one)")]),
+                                                 "a sealed epoch (default: the open one)"),
+                               *_READ_PARAMS]),
         },
         "/v1/batch": {
             "post": _op("batch", f"Up to {limits.batch_ops_max} asserts and votes, atomic",
@@ -303,8 +380,8 @@ def openapi_document(*, auth_enabled: bool, body_bytes_max: int = limits.http_bo
         },
         "/v1/epochs/current": {
             "get": _op("currentEpoch", "The open epoch",
-                       {200: _ok(200, "CurrentEpoch", "the open epoch"), **read_errors},
-                       scope="read", auth=a),
+                       {200: _read_ok("CurrentEpoch", "the open epoch"), **read_errors},
+                       scope="read", auth=a, params=_READ_PARAMS),
         },
         "/v1/epochs": {
             "post": _op("sealEpoch", "Seal the open epoch and open the next", {
@@ -316,15 +393,15 @@ def openapi_document(*, auth_enabled: bool, body_bytes_max: int = limits.http_bo
         },
         "/v1/epochs/{n}": {
             "get": _op("getEpoch", "A sealed epoch: summary, digest and a page of results",
-                       {200: _ok(200, "SealedEpoch", "the sealed epoch"), **read_errors,
-                        404: 404}, scope="read", auth=a,
+                       {200: _read_ok("SealedEpoch", "the sealed epoch"), **read_errors,
+                        404: _read_error(404)}, scope="read", auth=a,
                        params=[{"name": "n", "in": "path", "required": True,
                                 "schema": _int(1, ID_MAX)},
                                _query("after", _int(0, ID_MAX), "cursor: assertion ids "
                                                                 "greater than this"),
                                _query("limit", _int(1, limits.list_limit_max,
                                                     default=limits.list_limit_default),
-                                      "page size")]),
+                                      "page size"), *_READ_PARAMS]),
         },
         "/healthz": {
             "get": _op("healthz", "200 while the process serves at all",

@@ -25,8 +25,9 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from .. import limits
 from .. import state as st
 from ..engine import WriteRequest
-from ..errors import InvalidInput, Unavailable
+from ..errors import InvalidInput, StemeError, Unavailable
 from ..model import validate_assertion, validate_batch, validate_vote
+from ..read_index import LsnNotReached, TooStale
 from ..wal import RecordType
 from ._http import (
     idempotency_key,
@@ -37,7 +38,7 @@ from ._http import (
     query_params,
     read_body,
 )
-from ._node import Node, map_unavailable
+from ._node import ApiError, Node, map_unavailable
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 NODE_KEY: web.AppKey[Node] = web.AppKey("stemedb_node", Node)
@@ -191,28 +192,99 @@ async def seal_epoch(request: web.Request) -> web.StreamResponse:
 
 
 # -- reads ------------------------------------------------------------------------
+# SPEC "Reads and consistency": every read route takes these query parameters (and the
+# StemeDB-Min-LSN header), waits for the state as they ask, and answers with the state's
+# applied LSN in StemeDB-Applied-LSN, on its errors too.
 
-async def _read(request: web.Request, fn: Callable[[Any], dict[str, Any]]
-                ) -> web.StreamResponse:
+READ_PARAMS = ("consistency", "min_lsn", "max_staleness_ms")
+CONSISTENCY_VALUES = ("linearizable", "stale")
+MIN_LSN_HEADER = "StemeDB-Min-LSN"
+APPLIED_LSN_HEADER = "StemeDB-Applied-LSN"
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    min_lsn: int | None = None  # read-your-writes: wait until the record at it is applied
+    stale: bool = False  # no waiting
+    max_staleness_seconds: float | None = None  # stale only: refuse beyond this lag
+
+
+def read_options(request: web.Request, q: dict[str, str]) -> ReadOptions:
+    """The consistency a read asks for; 400 for a bad value or a contradiction."""
+    consistency = q.get("consistency")
+    if consistency is not None and consistency not in CONSISTENCY_VALUES:
+        raise ApiError(400, "invalid_parameter",
+                       f"consistency must be {' or '.join(CONSISTENCY_VALUES)}, got "
+                       f"{consistency[:64]!r}")
+    stale = consistency == "stale"
+    min_lsn = parse_int("min_lsn", q["min_lsn"], minimum=0) if "min_lsn" in q else None
+    headers = request.headers.getall(MIN_LSN_HEADER, [])
+    if len(headers) > 1:
+        raise ApiError(400, "invalid_parameter", f"{MIN_LSN_HEADER} is repeated")
+    if headers:
+        from_header = parse_int(MIN_LSN_HEADER, headers[0], minimum=0)
+        if min_lsn is not None and min_lsn != from_header:
+            raise ApiError(400, "conflicting_parameters",
+                           f"min_lsn={min_lsn} and {MIN_LSN_HEADER}: {from_header} differ; "
+                           "send one of them")
+        min_lsn = from_header
+    if stale and min_lsn is not None:
+        raise ApiError(400, "conflicting_parameters",
+                       "consistency=stale does not wait, so it cannot honour min_lsn (or "
+                       f"{MIN_LSN_HEADER}); send one or the other")
+    max_staleness_seconds = None
+    if "max_staleness_ms" in q:
+        ms = parse_int("max_staleness_ms", q["max_staleness_ms"], minimum=0)
+        if not stale:
+            raise ApiError(400, "conflicting_parameters",
+                           "max_staleness_ms applies to consistency=stale reads only")
+        max_staleness_seconds = ms / 1000
+    return ReadOptions(min_lsn, stale, max_staleness_seconds)
+
+
+def _applied(lsn: int) -> dict[str, str]:
+    return {APPLIED_LSN_HEADER: str(lsn)}
+
+
+async def _read(request: web.Request, fn: Callable[[Any], dict[str, Any]],
+                opts: ReadOptions) -> web.StreamResponse:
     node = _node(request)
     node.check_readable()
     try:
-        fut = node.engine.read_async(fn)
+        result = await node.engine.read_consistent_async(
+            fn, min_lsn=opts.min_lsn, stale=opts.stale,
+            max_staleness_seconds=opts.max_staleness_seconds,
+            wait_timeout_seconds=node.read_wait_timeout_seconds)
+    except (LsnNotReached, TooStale) as exc:
+        # Their own codes, whatever the node's phase: the read was taken and waited.
+        raise ApiError(503, exc.code, exc.message, hint=exc.hint, headers={
+            "Retry-After": str(limits.http_retry_after_seconds),
+            **_applied(node.engine.read_index.applied_lsn)}) from exc
     except Unavailable as exc:
         raise map_unavailable(node, exc) from exc
-    return json_response(await fut)
+    except StemeError as exc:
+        if exc.applied_lsn is None:
+            raise
+        # An error of the read itself (404, ...): it saw the state at that LSN.
+        raise ApiError(exc.http_status, exc.code, exc.message, hint=exc.hint,
+                       headers={**getattr(exc, "headers", {}), **_applied(exc.applied_lsn)}
+                       ) from exc
+    return json_response(result.value, headers=_applied(result.applied_lsn))
 
 
 async def get_assertion(request: web.Request) -> web.StreamResponse:
     _node(request).check_readable()
-    query_params(request, ())
+    q = query_params(request, READ_PARAMS)
+    opts = read_options(request, q)
     aid = parse_int("assertion id", request.match_info["id"], minimum=1)
-    return await _read(request, lambda conn: st.get_assertion(conn, aid))
+    return await _read(request, lambda conn: st.get_assertion(conn, aid), opts)
 
 
 async def list_assertions(request: web.Request) -> web.StreamResponse:
     _node(request).check_readable()
-    q = query_params(request, ("subject", "predicate", "author", "epoch", "after", "limit"))
+    q = query_params(request, ("subject", "predicate", "author", "epoch", "after", "limit",
+                               *READ_PARAMS))
+    opts = read_options(request, q)
     subject = parse_text("subject", q["subject"], limits.subject_bytes_max) \
         if "subject" in q else None
     predicate = parse_text("predicate", q["predicate"], limits.predicate_bytes_max) \
@@ -225,32 +297,34 @@ async def list_assertions(request: web.Request) -> web.StreamResponse:
         if "limit" in q else limits.list_limit_default
     return await _read(request, lambda conn: st.list_assertions(
         conn, subject=subject, predicate=predicate, author=author, epoch=epoch, after=after,
-        limit=limit))
+        limit=limit), opts)
 
 
 async def list_votes(request: web.Request) -> web.StreamResponse:
     _node(request).check_readable()
-    q = query_params(request, ("epoch",))
+    q = query_params(request, ("epoch", *READ_PARAMS))
+    opts = read_options(request, q)
     aid = parse_int("assertion id", request.match_info["id"], minimum=1)
     epoch = parse_int("epoch", q["epoch"], minimum=1) if "epoch" in q else None
-    return await _read(request, lambda conn: st.list_votes(conn, aid, epoch))
+    return await _read(request, lambda conn: st.list_votes(conn, aid, epoch), opts)
 
 
 async def current_epoch(request: web.Request) -> web.StreamResponse:
     _node(request).check_readable()
-    query_params(request, ())
-    return await _read(request, st.current_epoch)
+    q = query_params(request, READ_PARAMS)
+    return await _read(request, st.current_epoch, read_options(request, q))
 
 
 async def get_epoch(request: web.Request) -> web.StreamResponse:
     _node(request).check_readable()
-    q = query_params(request, ("after", "limit"))
+    q = query_params(request, ("after", "limit", *READ_PARAMS))
+    opts = read_options(request, q)
     n = parse_int("epoch", request.match_info["n"], minimum=1)
     after = parse_int("after", q["after"], minimum=0) if "after" in q else 0
     limit = parse_int("limit", q["limit"], minimum=1, maximum=limits.list_limit_max) \
         if "limit" in q else limits.list_limit_default
     return await _read(request, lambda conn: st.sealed_epoch(conn, n, after=after,
-                                                             limit=limit))
+                                                             limit=limit), opts)
 
 
 # -- admin ------------------------------------------------------------------------
