@@ -499,6 +499,11 @@ def record_idempotency(conn: sqlite3.Connection, key: str, body_sha256: str, sta
                                           created_unix))
 
 
+def expire_idempotency(conn: sqlite3.Connection, cutoff_unix: float) -> None:
+    """Forget keys created before ``cutoff_unix`` (a record time minus the TTL)."""
+    conn.execute("DELETE FROM idempotency WHERE created_unix < ?", (cutoff_unix,))
+
+
 def replace_idempotency(conn: sqlite3.Connection,
                         rows: list[tuple[str, str, int, str, int, float]]) -> None:
     """Replay's idempotency rows, (key, body_sha256, status, response JSON, lsn,
@@ -508,12 +513,13 @@ def replace_idempotency(conn: sqlite3.Connection,
 
 
 def lookup_idempotency(conn: sqlite3.Connection, key: str
-                       ) -> tuple[str, int, dict[str, Any]] | None:
-    row = conn.execute("SELECT body_sha256, status, response FROM idempotency WHERE key=?",
-                       (key,)).fetchone()
+                       ) -> tuple[str, int, dict[str, Any], float] | None:
+    """(body hash, status, response, created_unix) of a key the state holds."""
+    row = conn.execute("SELECT body_sha256, status, response, created_unix FROM idempotency"
+                       " WHERE key=?", (key,)).fetchone()
     if row is None:
         return None
-    return row[0], int(row[1]), orjson.loads(row[2])
+    return row[0], int(row[1]), orjson.loads(row[2]), float(row[3])
 
 
 # -- reads ------------------------------------------------------------------------
