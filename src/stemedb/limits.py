@@ -73,7 +73,7 @@ replay_apply_bytes_max = 8 * MiB  # record bytes applied per SQLite transaction 
 apply_rows_buffered_max = 4096  # assertion rows buffered before one executemany
 # A replay of at least this many WAL bytes, into a state holding at most one assertion
 # per replay_index_rebuild_wal_bytes_per_row of them, drops the assertion indexes and
-# builds them again at its end (Engine._drop_indexes_for_replay).
+# builds them again at its end (Recovery._drop_indexes_for_replay).
 replay_index_rebuild_bytes_min = 4 * MiB
 replay_index_rebuild_wal_bytes_per_row = 256  # WAL bytes per assertion already in the state
 # WAL position gauges (end LSN, replay debt, hold lag) are refreshed at most this often

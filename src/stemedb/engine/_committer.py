@@ -501,6 +501,8 @@ class Committer:
                 deferred[lsn].pendings.append((p, True))
         out.extend(earlier)
         out.extend((p, r, None) for p, r in acks)
+        settle(out)  # acknowledged first; the state follows
+        out.clear()
         if frames:
             self._hand_to_applier(frames, deferred)
         if time.monotonic() - self.retention.gauges_mono >= limits.wal_gauges_refresh_seconds:
