@@ -56,7 +56,9 @@ def build(args: argparse.Namespace) -> int:
     gate = threading.Lock()
     allowed = [True]
     checkpoints = [0]
-    real_checkpoint = eng._checkpoint
+    retention = eng.retention
+    assert retention is not None
+    real_checkpoint = retention.checkpoint
 
     due_while_held = threading.Event()
 
@@ -69,7 +71,7 @@ def build(args: argparse.Namespace) -> int:
             checkpoints[0] += 1
             return res
 
-    eng._checkpoint = gated_checkpoint  # type: ignore[method-assign]
+    retention.checkpoint = gated_checkpoint  # type: ignore[method-assign]
     per_record = args.ops_per_record
     kind = RecordType.BATCH if per_record > 1 else RecordType.ASSERT
     inflight: collections.deque[cf.Future[WriteResult]] = collections.deque()

@@ -163,7 +163,11 @@ def test_stuck_hold_and_old_checkpoint(tmp_path: Path) -> None:
     wal = build_sample_wal(str(tmp_path / "d"), assertions=6, clock_step_seconds=1000.0)
     conn = sqlite3.connect(Path(wal.data_dir) / "state.sqlite3")
     # The hold was last set long before the newest record; the checkpoint never ran.
-    conn.execute("UPDATE holds SET updated_unix=?", (1764097200.0 - 7200,))
+    facts = Path(wal.data_dir) / "node.json"
+    doc = json.loads(facts.read_text())
+    for hold in doc["holds"].values():
+        hold["updated_unix"] = 1764097200.0 - 7200
+    facts.write_text(json.dumps(doc))
     conn.execute("UPDATE meta SET value=0 WHERE key='checkpoint_lsn'")
     conn.commit()
     conn.close()

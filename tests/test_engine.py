@@ -200,14 +200,15 @@ def test_disk_guard_refuses_writes_but_reads_work(tmp_path: Path) -> None:
     e.start()
     e.submit(A("before")).result()
     e.config.disk_reserve_bytes = 1 << 62  # more than any disk has
-    e._disk = None  # re-probe now
+    assert e.committer is not None
+    e.committer.forget_disk_probe()  # re-probe now
     with pytest.raises(InsufficientStorage) as info:
         e.submit(A("refused")).result()
     assert info.value.http_status == 507 and "reserve" in info.value.message
     assert e.read(lambda c: st.list_assertions(c)).result()["items"][0]["subject"] == "before"
     assert e.status()["disk"]["refusing_writes"] is True
     e.config.disk_reserve_bytes = 0
-    e._disk = None
+    e.committer.forget_disk_probe()
     assert e.submit(A("after")).result().status == 201  # not fenced: it recovers by itself
     e.close()
 
@@ -275,7 +276,8 @@ def _crash(e: Engine) -> None:
     """Stop an engine the way a crash would leave it: no final checkpoint, nothing
     synced (fsync="never" engines), and no thread of it left running in the test
     process (a writer still probing the disk would trip later tests' checks)."""
-    e.fenced = WalFsyncFailed("simulated crash", segment="-")  # skips the checkpoint
+    assert e.committer is not None
+    e.committer.set_fenced(WalFsyncFailed("simulated crash", segment="-"))  # no checkpoint
     e.close(5.0)
 
 
@@ -526,8 +528,8 @@ def test_page_cache_bytes_come_from_config(tmp_path: Path) -> None:
     try:
         assert e.read(lambda c: c.execute("PRAGMA cache_size").fetchone()[0]).result() \
             == -8 * 1024
-        assert e._wconn is not None
-        assert e._wconn.execute("PRAGMA cache_size").fetchone()[0] == -8 * 1024
+        assert e.applier is not None
+        assert e.applier.conn.execute("PRAGMA cache_size").fetchone()[0] == -8 * 1024
     finally:
         e.close()
 
@@ -579,8 +581,10 @@ def test_a_lone_writer_commits_on_its_own_thread(tmp_path: Path,
     assert ids == list(range(1, 21))
     assert (m.registry.get_sample_value("stemedb_group_commit_by_caller_total") or 0) >= 15
     assert syncing.count(me) >= 15, syncing  # the WAL fdatasyncs ran here
+    # A read that waits on the read index sees every acknowledged write.
+    e.read_index.wait(e.read_index.target_for(None), 5.0)
     assert e.read_now(lambda c: c.execute("SELECT count(*) FROM assertions").fetchone()[0]) \
-        == 20  # a read after an acknowledged write sees it
+        == 20
     caller = m.registry.get_sample_value("stemedb_group_commit_by_caller_total")
     assert e.write(A("with a timeout"), timeout_seconds=10).body["id"] == 21  # the writer's
     futures = [e.submit(A(f"queued{i}")) for i in range(50)]
@@ -653,7 +657,9 @@ def test_a_caller_that_finds_the_writer_stopped_is_refused(tmp_path: Path) -> No
     e = Engine(tmp_path / "db", cfg())
     e.recover()
     e.start()
-    real = e._queue
+    assert e.committer is not None
+    committer = e.committer
+    real = committer.queue
     entered, closed = threading.Event(), threading.Event()
 
     class Gate:
@@ -665,12 +671,12 @@ def test_a_caller_that_finds_the_writer_stopped_is_refused(tmp_path: Path) -> No
             return real.empty()
 
     futures: list[cf.Future[Any]] = []
-    e._queue = Gate()  # type: ignore[assignment]
+    committer.queue = Gate()  # type: ignore[assignment]
     t = threading.Thread(target=lambda: futures.append(e._enqueue(A("late"), None,
                                                                   commit_here=True).future))
     t.start()
     assert entered.wait(10)
-    e._queue = real
+    committer.queue = real
     e.close()
     closed.set()
     t.join(10)

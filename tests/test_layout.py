@@ -186,7 +186,8 @@ def test_the_disk_guard_watches_the_state_filesystem_too(tmp_path: Path, how: st
     assert status["wal"]["resolved_dir"] == str(waldisk)
     assert count(e) == 0  # reads work; nothing was written
     fs.low = False
-    e._disk = None  # re-probe now
+    assert e.committer is not None
+    e.committer.forget_disk_probe()  # re-probe now
     assert e.submit(A("after")).result().status == 201
     e.close()
 

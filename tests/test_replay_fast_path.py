@@ -196,7 +196,7 @@ def test_replay_equals_apply_record_replay_and_the_write_path(
     eng = _replay_copy(written, tmp_path / "replayed", segment_size_bytes)
     try:
         assert eng.progress.records > 100
-        conn = eng._wconn
+        conn = eng.applier.conn if eng.applier else None
         assert conn is not None
         _assert_sound(conn, indexes=len(st.ASSERTION_INDEXES))
     finally:
@@ -266,7 +266,7 @@ def test_replay_killed_with_the_indexes_dropped_recovers_them(tmp_path: Path) ->
     try:
         report = eng.recover()
         assert 0 < report.records < 700
-        conn2 = eng._wconn
+        conn2 = eng.applier.conn if eng.applier else None
         assert conn2 is not None
         _assert_sound(conn2, indexes=len(st.ASSERTION_INDEXES))
     finally:
@@ -292,7 +292,7 @@ def test_indexes_are_dropped_only_when_the_replay_outgrows_the_table(
     try:
         report = eng.recover()
         assert 0 < report.records < 150
-        conn = eng._wconn
+        conn = eng.applier.conn if eng.applier else None
         assert conn is not None
         assert conn.execute("SELECT count(*) FROM assertions").fetchone()[0] > 200
         assert st.assertion_indexes_present(conn) == len(st.ASSERTION_INDEXES)

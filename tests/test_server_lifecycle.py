@@ -170,7 +170,7 @@ for b in range({REPLAY_ASSERTIONS} // {REPLAY_BATCH_OPS}):
     futs.append(eng.submit(WriteRequest(RecordType.BATCH, ops)))
 for f in futs:
     f.result()
-eng._writer.sync()
+eng.writer.sync()
 os._exit(0)  # a crash: no final checkpoint
 """
 

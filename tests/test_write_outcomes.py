@@ -166,8 +166,16 @@ def test_a_read_sees_one_snapshot_while_writes_commit(tmp_path: Path) -> None:
         eng.close()
 
 
-def test_a_state_failure_after_the_fdatasync_says_the_write_is_durable(
+def _vote(aid: int, voter: str) -> WriteRequest:
+    return WriteRequest(RecordType.VOTE, [{"vote": {
+        "assertion_id": aid, "voter": voter, "value": 1}}])
+
+
+def test_a_state_failure_under_durable_writes_says_they_are_durable(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The applier's COMMIT fails under durable records: a write acknowledged at
+    durability keeps its 201, a vote (answered from the state) is told its write is
+    durable, later writes are fenced, and a restart applies both."""
     eng = _open(tmp_path / "db")
     eng.write(_assert("a"))
     real_commit = st.commit
@@ -178,32 +186,39 @@ def test_a_state_failure_after_the_fdatasync_says_the_write_is_durable(
 
     monkeypatch.setattr(st, "commit", failing)
     with pytest.raises(StateApplyFailed) as info:
-        eng.write(_assert("b"))
+        eng.write(_vote(1, "v"))
     assert info.value.durable and info.value.lsn is not None
     assert "durable" in info.value.message and info.value.http_status == 500
     with pytest.raises(StateApplyFailed) as later:  # fenced: nothing more is written
         eng.write(_assert("c"))
     assert later.value.lsn is None and not later.value.durable
     assert eng.status()["fsync"]["fenced"]
+    assert eng.status()["state"]["applier_error"]
     eng.close()
-    assert _subjects(tmp_path / "db") == ["a", "b"]  # b replays, as its caller was told
+    assert _subjects(tmp_path / "db") == ["a"]
+    eng2 = _open(tmp_path / "db")
+    votes = eng2.read_now(lambda c: c.execute("SELECT voter FROM votes").fetchall())
+    eng2.close()
+    assert votes == [("v",)]  # the vote replays, as its caller was told
 
 
 def test_a_state_failure_before_the_append_writes_nothing_and_goes_on(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The committer cannot ask the state for an Idempotency-Key: that write is
+    refused, nothing is written, and the next write goes on."""
     eng = _open(tmp_path / "db")
     eng.write(_assert("a"))
-    real = st.set_applied
+    real = st.lookup_idempotency
 
-    def failing(*args: Any) -> None:
-        monkeypatch.setattr(st, "set_applied", real)
-        raise sqlite3.OperationalError("database or disk is full")
+    def failing(*args: Any) -> Any:
+        monkeypatch.setattr(st, "lookup_idempotency", real)
+        raise sqlite3.OperationalError("database disk image is malformed")
 
-    monkeypatch.setattr(st, "set_applied", failing)
+    monkeypatch.setattr(st, "lookup_idempotency", failing)
     with pytest.raises(StateApplyFailed) as info:
-        eng.write(_assert("b"))
+        eng.write(_assert("b", "key-b"))
     assert info.value.lsn is None and "nothing was written" in info.value.message
-    c = eng.write(_assert("c"))  # not fenced; "b"'s planned LSN is reused
+    c = eng.write(_assert("c"))
     assert not eng.status()["fsync"]["fenced"]
     eng.close()
     assert _subjects(tmp_path / "db") == ["a", "c"]

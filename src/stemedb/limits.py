@@ -60,12 +60,20 @@ idempotency_ttl_seconds_default = 24 * 3600
 
 # --- recovery -------------------------------------------------------------------
 replay_read_bytes_max = 4 * MiB  # one read from a segment during replay
+# The applier: records per SQLite transaction (replay and live), and how far the state
+# may lag the durable WAL before the committer waits ([state] max_apply_lag_bytes).
+apply_records_max = 4096
+max_apply_lag_bytes_default = 64 * MiB
+max_apply_lag_bytes_min = 64 * KiB
+# The longest a group waits for the applier under backpressure before it is refused
+# with 503 apply_lag.
+apply_backpressure_wait_seconds_max = 30.0
 replay_apply_records_max = 2048  # records applied per SQLite transaction during replay
 replay_apply_bytes_max = 8 * MiB  # record bytes applied per SQLite transaction during replay
 apply_rows_buffered_max = 4096  # assertion rows buffered before one executemany
 # A replay of at least this many WAL bytes, into a state holding at most one assertion
 # per replay_index_rebuild_wal_bytes_per_row of them, drops the assertion indexes and
-# builds them again at its end (Engine._drop_indexes_for_replay).
+# builds them again at its end (Recovery._drop_indexes_for_replay).
 replay_index_rebuild_bytes_min = 4 * MiB
 replay_index_rebuild_wal_bytes_per_row = 256  # WAL bytes per assertion already in the state
 # WAL position gauges (end LSN, replay debt, hold lag) are refreshed at most this often

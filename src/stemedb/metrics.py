@@ -446,6 +446,28 @@ class Metrics:
         )
 
         # --- replay (recovery) ------------------------------------------------------------
+        # -- the state behind the WAL (the applier) and the read index ----------------
+        self.state_apply_lag_bytes = Gauge(
+            "stemedb_state_apply_lag_bytes",
+            "Durable WAL bytes the state has not applied yet (durable minus applied LSN).",
+            registry=r,
+        )
+        self.state_applied_lsn = Gauge(
+            "stemedb_state_applied_lsn",
+            "End LSN of the last WAL record the state (SQLite) has applied.",
+            registry=r,
+        )
+        self.state_applied_records_total = Counter(
+            "stemedb_state_applied_records_total",
+            "WAL records applied to the state since the process started (replay and live).",
+            registry=r,
+        )
+        self.state_apply_backpressure_seconds_total = Counter(
+            "stemedb_state_apply_backpressure_seconds_total",
+            "Seconds the committer waited because the state lagged more than "
+            "[state] max_apply_lag_bytes behind the WAL.",
+            registry=r,
+        )
         self.replay_in_progress = Gauge(
             "stemedb_replay_in_progress",
             "1 while the WAL is being replayed at startup.",

@@ -1,10 +1,9 @@
 """The materialized state: SQLite in WAL mode, and the domain rules that build it.
 
 :func:`apply_record` is the one state transition, and it applies a record as its
-bytes say (:class:`Record`, decoded from the frame's payload).  The writer calls it
-while it validates a request (inside a SAVEPOINT, on the bytes it is about to
-append), and recovery calls it again for every record it replays, so a replay
-reproduces the state - and every sealed epoch's digest - bit for bit.  ``applied_end_lsn`` (the
+bytes say (:class:`Record`, decoded from the frame's payload).  The engine's applier
+calls it for every durable record, live and in replay alike, so a replay reproduces
+the state - and every sealed epoch's digest - bit for bit.  ``applied_end_lsn`` (the
 LSN just past the last applied record) is written in the same transaction.
 """
 
@@ -98,14 +97,13 @@ def connect(path: str, *, readonly: bool = False,
 
 
 def tune_for_writes(conn: sqlite3.Connection) -> None:
-    """Settings for the writer's connection once recovery is over.
+    """Settings for the applier's connection once recovery is over.
 
-    ``temp_store=MEMORY``: a multi-row INSERT, and a batch's SAVEPOINT, keep a
-    statement journal of the pages they change; past 64 KiB SQLite spills it to a temp
-    file that it creates, writes and unlinks in every group commit (a measured 70
-    pages written per commit at 64 HTTP writers).  In memory it is bounded by the pages
-    one group commit changes (``batch_records_max`` / ``batch_bytes_max``).  Not set
-    during recovery: the index rebuild's sorter must still spill to disk.
+    ``temp_store=MEMORY``: a multi-row INSERT keeps a statement journal of the pages it
+    changes; past 64 KiB SQLite spills it to a temp file that it creates, writes and
+    unlinks in every transaction.  In memory it is bounded by the pages one apply
+    transaction changes (``apply_records_max``).  Not set during recovery: the index
+    rebuild's sorter must still spill to disk.
     """
     conn.execute("PRAGMA temp_store=MEMORY")
 
@@ -220,8 +218,8 @@ def assertion_row(aid: int, subject: str, predicate: str, obj: str, author: str,
     """(shape, row) of an assertion as :class:`ApplyContext` buffers it: the row holds
     the columns of :data:`_INSERT_ASSERTION` in order, without confidence and source
     when they are None (the shape's statement writes NULL for them: binding None costs
-    the sqlite3 module an adaptation lookup per value).  Replay's fast path builds the
-    same rows inline (``Engine._replay_apply``)."""
+    the sqlite3 module an adaptation lookup per value).  The applier's fast path builds the
+    same rows inline (``Applier.apply``)."""
     if source is None:
         if confidence is None:
             return 3, (aid, subject, predicate, obj, author, epoch, lsn, ts)
@@ -251,8 +249,8 @@ class ApplyContext:
     next_id: int = 0
     asserted: int = 0
     new_votes: int = 0
-    # Replay buffers assertion rows across records and inserts them with one
-    # executemany per run; the write path inserts per request (savepoints need it).
+    # The applier buffers assertion rows across records and inserts them with one
+    # executemany per run; without it, rows go in per record.
     buffer_rows: bool = False
     # Buffered rows and their shapes, side by side (see :func:`assertion_row`).
     rows: list[tuple[Any, ...]] = field(default_factory=list)
@@ -307,11 +305,11 @@ class _Op(msgspec.Struct):
 class Record(msgspec.Struct):
     """A WAL record's payload, typed: what :func:`apply_record` applies.
 
-    Every record is decoded from its bytes with :data:`RECORD_DECODER`, by the writer
-    (the bytes it is about to append) and by replay alike, so both apply the same
-    values.  An assertion's ``object`` stays the bytes the record holds (see
-    :func:`object_text`).  Fields the state does not use are ignored; a payload of
-    another shape raises ``msgspec.DecodeError``.
+    Every record is decoded from its bytes with :data:`RECORD_DECODER` by the applier,
+    live and in replay alike, so both apply the same values.  An assertion's
+    ``object`` stays the bytes the record holds (see :func:`object_text`).  Fields the
+    state does not use are ignored; a payload of another shape raises
+    ``msgspec.DecodeError``.
     """
 
     t: str
@@ -363,9 +361,9 @@ def apply_record(conn: sqlite3.Connection, rtype: int, record: Record, lsn: int,
 
     Raises a :class:`StemeError` when the request is invalid against the current
     state (an unknown assertion, say), or the record has no op its type needs; the
-    caller rolls back its savepoint.  Assertion ids are assigned here, densely and in
-    LSN order, so a replay assigns the same ones.  Without a ``ctx`` the record's
-    counters are written at once.
+    caller rolls back (for a durable record, that is corruption).  Assertion ids are
+    assigned here, densely and in LSN order, so a replay assigns the same ones.
+    Without a ``ctx`` the record's counters are written at once.
     """
     own = ctx is None
     c = ApplyContext() if ctx is None else ctx
@@ -440,7 +438,7 @@ def _insert_run(conn: sqlite3.Connection, shape: int, rows: list[tuple[Any, ...]
 
     Each statement execution is one ``sqlite3_step``, around which the sqlite3 module
     releases the GIL and must take it back; on a busy server that hand-back is where
-    the writer thread waits, so a group commit makes as few steps as it can.
+    the applier waits, so a transaction makes as few steps as it can.
     """
     k = _INSERT_ROWS_PER_STATEMENT
     n = len(rows)
@@ -499,6 +497,11 @@ def record_idempotency(conn: sqlite3.Connection, key: str, body_sha256: str, sta
                                           created_unix))
 
 
+def expire_idempotency(conn: sqlite3.Connection, cutoff_unix: float) -> None:
+    """Forget keys created before ``cutoff_unix`` (a record time minus the TTL)."""
+    conn.execute("DELETE FROM idempotency WHERE created_unix < ?", (cutoff_unix,))
+
+
 def replace_idempotency(conn: sqlite3.Connection,
                         rows: list[tuple[str, str, int, str, int, float]]) -> None:
     """Replay's idempotency rows, (key, body_sha256, status, response JSON, lsn,
@@ -508,12 +511,13 @@ def replace_idempotency(conn: sqlite3.Connection,
 
 
 def lookup_idempotency(conn: sqlite3.Connection, key: str
-                       ) -> tuple[str, int, dict[str, Any]] | None:
-    row = conn.execute("SELECT body_sha256, status, response FROM idempotency WHERE key=?",
-                       (key,)).fetchone()
+                       ) -> tuple[str, int, dict[str, Any], float] | None:
+    """(body hash, status, response, created_unix) of a key the state holds."""
+    row = conn.execute("SELECT body_sha256, status, response, created_unix FROM idempotency"
+                       " WHERE key=?", (key,)).fetchone()
     if row is None:
         return None
-    return row[0], int(row[1]), orjson.loads(row[2])
+    return row[0], int(row[1]), orjson.loads(row[2]), float(row[3])
 
 
 # -- reads ------------------------------------------------------------------------

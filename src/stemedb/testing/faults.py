@@ -29,8 +29,9 @@ SYNC_HOLD_SECONDS_MAX = 60.0  # a held sync gives up waiting after this, so a te
 class FaultyFileSystem(OsFileSystem):
     """OsFileSystem whose WAL segment syncs fail or wait when told to.
 
-    Only segments opened by their ``segment.NNN.wal`` name are faulted: one that began
-    as the preallocated next file is not, so a test keeps its writes in one segment.
+    A file is faulted while its name is a segment's (``segment.NNN.wal``): the
+    preallocated next file is not while it is being prepared, and is from the moment it
+    is renamed into place.
     """
 
     def __init__(self) -> None:
@@ -40,6 +41,7 @@ class FaultyFileSystem(OsFileSystem):
         self._released.set()
         self.sync_waiting = threading.Event()  # set while a sync is held
         self.syncs = 0  # WAL segment syncs that returned or raised
+        self._open: dict[str, list[_FaultyFile]] = {}  # by path, for renames
 
     def fail_next_sync(self, errno: int = errno_mod.EIO, *, after: int = 0) -> None:
         """The WAL segment sync after ``after`` more good ones raises ``OSError(errno)``
@@ -55,7 +57,10 @@ class FaultyFileSystem(OsFileSystem):
     def release_syncs(self) -> None:
         self._released.set()
 
-    def _sync(self, f: OsFile) -> None:
+    def _sync(self, f: _FaultyFile) -> None:
+        if parse_segment_name(os.path.basename(f.name)) is None:
+            OsFile.sync(f)  # not (yet) a segment
+            return
         if not self._released.is_set():
             self.sync_waiting.set()
             self._released.wait(SYNC_HOLD_SECONDS_MAX)
@@ -69,9 +74,19 @@ class FaultyFileSystem(OsFileSystem):
 
     def open(self, path: str, *, create: bool = False, exclusive: bool = False) -> OsFile:
         f = super().open(path, create=create, exclusive=exclusive)
-        if parse_segment_name(os.path.basename(path)) is not None:
-            return _FaultyFile(self, f)
-        return f
+        if not os.path.basename(path).startswith("segment."):
+            return f
+        ff = _FaultyFile(self, f)
+        with self._lock:
+            self._open.setdefault(path, []).append(ff)
+        return ff
+
+    def rename(self, src: str, dst: str) -> None:
+        super().rename(src, dst)
+        with self._lock:
+            for ff in self._open.pop(src, []):
+                ff.name = dst
+                self._open.setdefault(dst, []).append(ff)
 
 
 class _FaultyFile(OsFile):

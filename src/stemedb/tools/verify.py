@@ -33,6 +33,7 @@ Fault kinds (the reader's names, :mod:`stemedb.wal`):
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import urllib.parse
@@ -253,7 +254,18 @@ def verify_file(path: str) -> VerifyReport:
 # -- a directory ---------------------------------------------------------------------
 
 def read_state_meta(state_path: str) -> dict[str, Any]:
-    """``meta`` and ``holds`` of state.sqlite3, opened read-only (safe while serving)."""
+    """``meta`` of state.sqlite3, opened read-only (safe while serving), and the node's
+    holds: from ``node.json`` beside it, or from the state of a data directory that
+    predates that file."""
+    facts = os.path.join(os.path.dirname(state_path), "node.json")
+    node_holds: list[tuple[str, int, float]] | None = None
+    try:
+        with open(facts, "rb") as f:
+            doc = json.loads(f.read() or b"{}")
+        node_holds = sorted((str(n), int(h["lsn"]), float(h["updated_unix"]))
+                            for n, h in (doc.get("holds") or {}).items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        node_holds = None
     uri_path = urllib.parse.quote(os.path.abspath(state_path))
     last: sqlite3.Error | None = None
     for query in ("mode=ro", "immutable=1"):  # immutable: a read-only mount without -shm
@@ -264,8 +276,9 @@ def read_state_meta(state_path: str) -> dict[str, Any]:
             continue
         try:
             meta = {str(k): v for k, v in conn.execute("SELECT key, value FROM meta")}
-            holds = [(str(n), int(lsn), float(u)) for n, lsn, u in
-                     conn.execute("SELECT name, lsn, updated_unix FROM holds ORDER BY name")]
+            holds = node_holds if node_holds is not None else [
+                (str(n), int(lsn), float(u)) for n, lsn, u in
+                conn.execute("SELECT name, lsn, updated_unix FROM holds ORDER BY name")]
             return {"meta": meta, "holds": holds}
         except sqlite3.Error as exc:
             last = exc
