@@ -34,6 +34,10 @@ Layout (every key optional; defaults below)::
     [state]
     page_cache_bytes = 67108864            # 64 MiB: SQLite's page cache per connection
                                            # (the writer's and each reader's)
+    max_apply_lag_bytes = 67108864         # 64 MiB: durable WAL the state may trail by
+                                           # before the writer waits (backpressure)
+    apply_delay_ms = 0                     # drills and tests only: delay each apply
+                                           # transaction, as a slow state disk would
 
     [read]
     wait_timeout_ms = 5000                 # how long a read waits for the state to apply
@@ -92,6 +96,8 @@ SCHEMA: dict[tuple[str, str], tuple[type, Any]] = {
     ("checkpoint", "replay_budget_seconds"): (float, limits.replay_budget_seconds_default),
     ("checkpoint", "backfill"): (bool, True),
     ("state", "page_cache_bytes"): (int, limits.state_page_cache_bytes_default),
+    ("state", "max_apply_lag_bytes"): (int, limits.max_apply_lag_bytes_default),
+    ("state", "apply_delay_ms"): (int, 0),
     ("read", "wait_timeout_ms"): (int, round(limits.read_wait_timeout_seconds_default * 1000)),
     ("idempotency", "ttl_seconds"): (float, limits.idempotency_ttl_seconds_default),
     ("auth", "tokens"): (list, []),
@@ -145,6 +151,8 @@ class Config:
             reader_threads=v[("server", "reader_threads")],
             wal_dir=v[("wal", "dir")],
             page_cache_bytes=v[("state", "page_cache_bytes")],
+            max_apply_lag_bytes=v[("state", "max_apply_lag_bytes")],
+            apply_delay_ms=v[("state", "apply_delay_ms")],
         )
         try:
             cfg.validate()

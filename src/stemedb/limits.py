@@ -68,6 +68,7 @@ max_apply_lag_bytes_min = 64 * KiB
 # The longest a group waits for the applier under backpressure before it is refused
 # with 503 apply_lag.
 apply_backpressure_wait_seconds_max = 30.0
+apply_delay_ms_max = 10_000  # [state] apply_delay_ms, a drill setting
 replay_apply_records_max = 2048  # records applied per SQLite transaction during replay
 replay_apply_bytes_max = 8 * MiB  # record bytes applied per SQLite transaction during replay
 apply_rows_buffered_max = 4096  # assertion rows buffered before one executemany

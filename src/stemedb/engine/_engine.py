@@ -163,6 +163,7 @@ class Engine:
         applier = self.applier = Applier(
             conn, self.m, self.read_index, idempotency_ttl_seconds=cfg.idempotency_ttl_seconds,
             applied_records=int(st.get_meta(conn, "applied_records") or 0))
+        applier.delay_seconds = cfg.apply_delay_ms / 1000
         writer = self.writer = WalWriter(
             self.fs, self.wal_dir, segment_size_bytes=cfg.segment_size_bytes,
             background_preallocate=self._background, on_rotate=retention.on_rotate)

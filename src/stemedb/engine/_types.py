@@ -46,6 +46,8 @@ class EngineConfig:
     page_cache_bytes: int = limits.state_page_cache_bytes_default
     # How far the state may lag the durable WAL before the committer waits for it.
     max_apply_lag_bytes: int = limits.max_apply_lag_bytes_default
+    # Drills and tests: the applier sleeps this long before each transaction.
+    apply_delay_ms: int = 0
 
     def validate(self) -> None:
         if self.fsync not in FSYNC_POLICIES:
@@ -75,6 +77,9 @@ class EngineConfig:
             raise InvalidInput(f"state.max_apply_lag_bytes must be at least "
                                f"{limits.max_apply_lag_bytes_min}, got "
                                f"{self.max_apply_lag_bytes}")
+        if not 0 <= self.apply_delay_ms <= limits.apply_delay_ms_max:
+            raise InvalidInput(f"state.apply_delay_ms must be between 0 and "
+                               f"{limits.apply_delay_ms_max}, got {self.apply_delay_ms}")
         if not 1 <= self.reader_threads <= limits.reader_threads_max:
             raise InvalidInput(f"server.reader_threads must be between 1 and "
                                f"{limits.reader_threads_max}, got {self.reader_threads}")

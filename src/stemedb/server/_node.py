@@ -137,8 +137,14 @@ class Node:
             reason = "draining"
         elif self.phase == "stopping":
             reason = "stopping"
+        elif status is not None and status["state"]["applier_error"]:
+            reason = "state_apply_failed"
         elif self.engine.fenced is not None:
             reason = "wal_fsync_failed"
+        elif status is not None and (status["state"]["apply_lag_seconds"]
+                                     > self.read_wait_timeout_seconds):
+            # Default reads would time out (503 lsn_not_reached) waiting for the state.
+            reason = "state_lagging"
         elif status is not None and (status.get("disk") or {}).get("refusing_writes"):
             reason = "insufficient_storage"
         ready = reason is None
@@ -150,6 +156,10 @@ class Node:
         }
         if self.phase == "failed" and self.recovery_error is not None:
             body["error"] = str(self.recovery_error)
+        if status is not None:
+            body["state"] = {k: status["state"][k] for k in (
+                "durable_lsn", "applied_lsn", "apply_lag_bytes", "apply_lag_seconds",
+                "applier_error")}
         self.m.ready.set(1 if ready else 0)
         if reason != self._last_reason:
             # Transitions only: a poller does not flood the log.
