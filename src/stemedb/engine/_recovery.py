@@ -143,7 +143,10 @@ class Recovery:
             return report
         data_end = self._estimate_end(last.path, last.header)
         total = max(0, data_end - start)
-        self.progress = ReplayProgress("replaying", 0, total, 0, t0)
+        # In place: the engine's progress is what /readyz and the metrics show meanwhile.
+        p = self.progress
+        p.phase, p.bytes_done, p.bytes_total, p.records = "replaying", 0, total, 0
+        p.started_monotonic, p.eta_seconds, p.error = t0, None, None
         self.m.replay_bytes_total.set(total)
         tail_header, tail_offset = segs[idx].header, start - segs[idx].header.base_lsn  # type: ignore[union-attr]
         rebuild_indexes = self._drop_indexes_for_replay(conn, total)
