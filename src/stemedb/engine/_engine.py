@@ -308,16 +308,17 @@ class Engine:
         if not stuck or self._writer_done.is_set():
             self._release()
 
-    def _release(self) -> None:
+    def _release(self, *, crashed: bool = False) -> None:
         """Close the WAL file and the state's connections and unlock the directory,
-        once: by :meth:`close`, or by the writer thread ending after close gave up."""
+        once: by :meth:`close`, by the writer thread ending after close gave up, or
+        (``crashed``: nothing more applied or written) by :meth:`abandon`."""
         with self._release_lock:
             if self._released:
                 return
             self._released = True
-            if self.applier is not None:
+            if self.applier is not None and not crashed:
                 self.applier.stop(limits.http_drain_grace_seconds)
-            if self.writer is not None:
+            if self.writer is not None and not crashed:
                 self.writer.close()
             if self.committer is not None:
                 self.committer.close()
@@ -327,19 +328,12 @@ class Engine:
                 self._dir_lock.release()
 
     def abandon(self) -> None:
-        """Drop the engine as a crash would (the crash simulation): connections and
-        files closed, nothing applied, synced or checkpointed, the lock released."""
+        """Drop the engine as a crash would (the crash simulation): connections
+        closed, nothing applied, synced or checkpointed, the lock released."""
         self.closed = True
         if self._readers is not None:
             self._readers.shutdown(limits.http_drain_grace_seconds)
-        with self._release_lock:
-            self._released = True
-        if self.committer is not None:
-            self.committer.close()
-        if self.applier is not None:
-            self.applier.conn.close()
-        if self._dir_lock is not None:
-            self._dir_lock.release()
+        self._release(crashed=True)
 
     def _writer_alive(self) -> bool:
         return self._writer_started and not self._writer_done.is_set()
