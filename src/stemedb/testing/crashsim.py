@@ -186,7 +186,7 @@ def run_seed(seed: int, workdir: str, *, fsync: str = "always") -> SimResult:
                 removed += len(eng.checkpoint().result().removed_segments)
                 continue
             # Mostly one request per commit; sometimes a group commit of several, as the
-            # writer thread makes under concurrent load (savepoints, partial refusals).
+            # writer thread makes under concurrent load (partial refusals, keys retried).
             size = 1 if rng.random() < 0.7 else rng.randint(2, 6)
             group = [_random_request(rng, next_id + 3 * i, keys) for i in range(size)]
             for req in group:
