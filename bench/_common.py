@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,50 @@ def latency_tail_ms(latencies_s: list[float]) -> dict[str, float]:
     """p50 and p99, and p99.9: the tail that a shared disk's other syncs make."""
     return {**latency_summary_ms(latencies_s),
             "p999_ms": percentile(sorted(latencies_s), 99.9) * 1e3}
+
+
+class Sampler:
+    """Calls ``probe()`` every ``interval_seconds`` on a thread of its own, from
+    ``delay_seconds`` after :meth:`start` for at most ``duration_seconds``, and keeps
+    what it returns (a tuple of numbers, e.g. an apply lag in bytes and in seconds).
+    A probe that raises ``OSError`` (a server busy or gone) is skipped, not fatal."""
+
+    def __init__(self, probe: Callable[[], tuple[float, ...]], interval_seconds: float,
+                 delay_seconds: float = 0.0, duration_seconds: float = 3600.0) -> None:
+        self.probe = probe
+        self.interval = interval_seconds
+        self.delay = delay_seconds
+        self.duration = duration_seconds
+        self.samples: list[tuple[float, ...]] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        begin = time.monotonic() + self.delay
+        end = begin + self.duration
+        if self._stop.wait(self.delay):
+            return
+        nxt = begin
+        while not self._stop.is_set() and time.monotonic() < end:  # bounded by ``end``
+            try:
+                self.samples.append(self.probe())
+            except OSError:
+                self.errors += 1
+            nxt += self.interval
+            self._stop.wait(max(0.0, nxt - time.monotonic()))
+
+    def start(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_seconds: float = 30.0) -> list[tuple[float, ...]]:
+        self._stop.set()
+        self._thread.join(timeout_seconds)
+        return self.samples
+
+    def column(self, i: int) -> list[float]:
+        return sorted(s[i] for s in self.samples)
 
 
 # --------------------------------------------------------------------- results -----

@@ -3,7 +3,10 @@
 - :class:`Postgres`: PostgreSQL from ``/usr/lib/postgresql/*/bin``, ``initdb`` into a
   temp dir as the unprivileged ``postgres`` user (``useradd`` when missing), listening on
   127.0.0.1 only, ``fsync=on``, ``synchronous_commit=on``; load from ``pgbench`` with a
-  custom one-INSERT script; latencies from pgbench's per-transaction log.
+  custom one-INSERT script (one INSERT per transaction) into ``assertions_pk`` (the
+  columns and the primary key only, as a new user would try) or ``assertions`` (the
+  same columns and three secondary indexes, shaped like StemeDB's), and a
+  SELECT-by-primary-key script for reads; latencies from pgbench's per-transaction log.
 - :class:`Redis`: ``redis-server --appendonly yes --appendfsync always`` on 127.0.0.1
   with a temp dir; load from ``redis-benchmark -t set``.
 
@@ -22,6 +25,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -86,19 +90,36 @@ def _traversable_by(user: str, path: str) -> bool:
     return res.returncode == 0
 
 
+def pg_insert_script(table: str) -> str:
+    """One INSERT, one transaction (pgbench runs each script line in autocommit)."""
+    return (f"INSERT INTO {table}(subject, predicate, object, author, confidence) VALUES "
+            "('urn:example:sensor/' || :client_id, 'reading', "
+            "'{\"celsius\": 21, \"seq\": 1}', 'writer-' || :client_id, 0.9);\n")
+
+
+def pg_select_script(table: str, max_id: int) -> str:
+    """One SELECT of a row by its primary key, a random one of the ids 1..max_id."""
+    return (f"\\set id random(1, {max_id})\n"
+            "SELECT id, subject, predicate, object, author, confidence, created_at "
+            f"FROM {table} WHERE id = :id;\n")
+
+
 class Postgres:
-    TABLE = """
-    CREATE TABLE assertions (
-        id bigserial PRIMARY KEY, subject text NOT NULL, predicate text NOT NULL,
-        object jsonb NOT NULL, author text NOT NULL, confidence double precision,
-        created_at timestamptz NOT NULL DEFAULT now());
-    CREATE INDEX ON assertions(subject, id);
-    CREATE INDEX ON assertions(predicate, id);
-    CREATE INDEX ON assertions(author, id);
-    """
-    SCRIPT = ("INSERT INTO assertions(subject, predicate, object, author, confidence) VALUES "
-              "('urn:example:sensor/' || :client_id, 'reading', "
-              "'{\"celsius\": 21, \"seq\": 1}', 'writer-' || :client_id, 0.9);\n")
+    # Two tables of the same columns: the one a new user would try (its primary key
+    # only), and one with secondary indexes like StemeDB's assertions table.
+    PK_TABLE = "assertions_pk"
+    INDEXED_TABLE = "assertions"
+    COLUMNS = ("id bigserial PRIMARY KEY, subject text NOT NULL, predicate text NOT NULL, "
+               "object jsonb NOT NULL, author text NOT NULL, confidence double precision, "
+               "created_at timestamptz NOT NULL DEFAULT now()")
+    INDEXES = ("CREATE INDEX ON assertions(subject, id); "
+               "CREATE INDEX ON assertions(predicate, id); "
+               "CREATE INDEX ON assertions(author, id);")
+    TABLE = (f"CREATE TABLE {INDEXED_TABLE} ({COLUMNS}); {INDEXES} "
+             f"CREATE TABLE {PK_TABLE} ({COLUMNS});")
+    SCRIPT = pg_insert_script(INDEXED_TABLE)
+    SETTINGS = ("fsync=on, synchronous_commit=on, wal_sync_method=fdatasync, "
+                "shared_buffers=256MB, max_connections=200")
 
     def __init__(self, root: str) -> None:
         self.root = root
@@ -151,25 +172,27 @@ class Postgres:
     def version(self) -> str:
         return self.psql("SHOW server_version").strip()
 
-    def bench(self, clients: int, seconds: float) -> dict[str, Any]:
-        """pgbench with the one-INSERT script; latencies from its transaction log."""
-        work = os.path.join(self.root, f"pgbench-{clients}")
+    def bench(self, clients: int, seconds: float, table: str = INDEXED_TABLE,
+              script: str | None = None, name: str = "insert") -> dict[str, Any]:
+        """pgbench with ``script`` (by default one INSERT into ``table``); latencies
+        from its transaction log."""
+        work = os.path.join(self.root, f"pgbench-{name}-{table}-{clients}")
         os.makedirs(work, exist_ok=True)
         if os.geteuid() == 0:
             shutil.chown(work, PG_USER, PG_USER)
-        script = os.path.join(work, "insert.sql")
-        with open(script, "w") as f:
-            f.write(self.SCRIPT)
+        path = os.path.join(work, f"{name}.sql")
+        with open(path, "w") as f:
+            f.write(pg_insert_script(table) if script is None else script)
         cmd = [self.pgbench, "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-               "-n", "-f", script, "-c", str(clients), "-j", str(min(clients, 2)),
+               "-n", "-f", path, "-c", str(clients), "-j", str(min(clients, 2)),
                "-T", str(max(1, round(seconds))), "-l", "--log-prefix",
                os.path.join(work, "txlog"), "postgres"]
         if os.geteuid() == 0:
             cmd = ["runuser", "-u", PG_USER, "--", *cmd]
         out = run(cmd, timeout=seconds + 120, cwd=work).stdout
         lat: list[float] = []
-        for path in glob.glob(os.path.join(work, "txlog*")):
-            with open(path) as f:
+        for log in glob.glob(os.path.join(work, "txlog*")):
+            with open(log) as f:
                 for line in f:
                     parts = line.split()
                     if len(parts) >= 3:
@@ -179,6 +202,46 @@ class Postgres:
             if line.startswith("tps = "):
                 tps = float(line.split()[2])
         return {"requests": len(lat), "per_s": tps, **latency_summary_ms(lat)}
+
+    def seed(self, table: str, rows: int) -> int:
+        """Insert ``rows`` rows into ``table`` in one statement; return the highest id."""
+        self.psql(f"INSERT INTO {table}(subject, predicate, object, author, confidence) "
+                  "SELECT 'urn:example:sensor/' || (g % 1000), 'reading', "
+                  "jsonb_build_object('celsius', 20 + g % 17, 'seq', g), "
+                  f"'writer-' || (g % 16), 0.9 FROM generate_series(1, {rows}) g")
+        return int(self.psql(f"SELECT max(id) FROM {table}").strip())
+
+    def reads_under_writes(self, table: str, max_id: int, seconds: float,
+                           read_clients: int, write_clients: int) -> dict[str, Any]:
+        """pgbench SELECT-by-key clients while (when ``write_clients``) another pgbench
+        INSERTs into the same table, started half a second before; both results."""
+        out: dict[str, dict[str, Any]] = {}
+        errors: list[BaseException] = []
+
+        def writes() -> None:
+            try:
+                out["w"] = self.bench(write_clients, seconds + 1, table, name="writers")
+            except BaseException as exc:  # reported by the caller's thread
+                errors.append(exc)
+
+        t = threading.Thread(target=writes)
+        if write_clients > 0:
+            t.start()
+            time.sleep(0.5)  # the write load is running before the reads start
+        try:
+            out["r"] = self.bench(read_clients, seconds, table,
+                                  pg_select_script(table, max_id), name=f"reads-{write_clients}w")
+        finally:
+            if write_clients > 0:
+                t.join(seconds + 180)
+        if errors:
+            raise RuntimeError(f"the pgbench writers failed: {errors[0]!r}") from errors[0]
+        w, r = out.get("w", {}), out["r"]
+        return {"reads_per_s": r["per_s"], "read_p50_ms": r["p50_ms"],
+                "read_p99_ms": r["p99_ms"], "read_errors": 0,
+                "writes_per_s": w.get("per_s", float("nan")),
+                "write_p50_ms": w.get("p50_ms", float("nan")),
+                "write_p99_ms": w.get("p99_ms", float("nan"))}
 
     def stop(self) -> None:
         if self.started:

@@ -47,20 +47,26 @@ def test_engine_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert systems == [
         ("raw fdatasync (200", 1), ("raw fdatasync (200", 1),
         ("StemeDB engine, threads", 1), ("StemeDB engine, asyncio", 1),
-        ("StemeDB engine, asyncio,", 1), ("design floor: apply", 1),
-        ("SQLite WAL synchronous=FULL", 1),
+        ("StemeDB engine, asyncio,", 1), ("design floor: encode", 1),
+        ("apply floor: apply_record,", 1), ("SQLite WAL synchronous=FULL", 1),
         ("StemeDB engine, threads", 4), ("StemeDB engine, asyncio", 4),
-        ("StemeDB engine, asyncio,", 4), ("design floor: apply", 4),
-        ("SQLite WAL synchronous=FULL", 4)]
+        ("StemeDB engine, asyncio,", 4), ("design floor: encode", 4),
+        ("apply floor: apply_record,", 4), ("SQLite WAL synchronous=FULL", 4)]
     assert [r["system"] for r in rows].count(engine_bench.SPLIT_LABEL) == 2
-    floors = [r for r in rows if r["system"] == engine_bench.FLOOR_LABEL]
-    assert [r["batch_mean"] for r in floors] == [1.0, 4.0]  # a group of N per commit
+    for label in (engine_bench.FLOOR_LABEL, engine_bench.APPLY_LABEL):
+        floors = [r for r in rows if r["system"] == label]
+        assert [r["batch_mean"] for r in floors] == [1.0, 4.0]  # a group of N per commit
     assert all(r["writes"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
     assert all(r["p999_ms"] >= r["p99_ms"] for r in rows if "p999_ms" in r)
+    # The apply lag is sampled in the engine cells with more than one submitter only.
+    engine_rows = [r for r in rows if r["system"].startswith("StemeDB engine")]
+    assert all(("lag_p99_bytes" in r) == (r["submitters"] > 1) for r in engine_rows)
+    assert all(r["lag_samples"] > 0 and r["lag_max_bytes"] >= r["lag_p99_bytes"] >= 0
+               for r in engine_rows if r["submitters"] > 1)
     assert list(state_dir.iterdir()) == []  # the split cells' state directories removed
-    assert {t["target"] for t in doc["targets"]} >= {
-        "1 submitter (threads) p50 vs raw fdatasync (preallocated)",
-        "1 submitter (asyncio) p50 vs raw fdatasync (preallocated)"}
+    assert {t["target"] for t in doc["targets"]} == {
+        "Engine, 1 submitter (threads): p50 vs one raw fdatasync (preallocated)",
+        "Engine, 1 submitter (asyncio): p50 vs one raw fdatasync (preallocated)"}
     assert all("design floor" in t["measured"] for t in doc["targets"])
 
 
@@ -116,7 +122,7 @@ def test_http_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert shutil.which(tool), f"{tool} is not installed (scripts/test.sh installs it)"
     state_dir = tmp_path / "other-disk"
     state_dir.mkdir()
-    args = ["--seconds", "1", "--clients", "2", "--batch-clients", "1",
+    args = ["--seconds", "1", "--clients", "1", "--batch-clients", "1",
             "--read-clients", "1", "--write-clients", "2", "--fdatasync-delay-ms", "20",
             "--state-dir", str(state_dir)]
     out, doc = _run(http_bench.main, args, tmp_path, capsys)
@@ -126,20 +132,30 @@ def test_http_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     systems = {r["system"].split()[0] for r in writes}
     assert systems == {"StemeDB", "PostgreSQL", "Redis"}
     assert [r["system"] for r in writes].count(http_bench.SPLIT_LABEL) == 1
+    assert {http_bench.PG_PK_LABEL, http_bench.PG_IDX_LABEL} <= {r["system"] for r in writes}
     assert list(state_dir.iterdir()) == []  # the split server's state directory removed
-    assert all(r["clients"] == 2 and r["requests"] > 0 for r in writes)
-    batch, ceiling = tables["Batch writes"]
-    assert batch["assertions_per_s"] > 0
+    assert all(r["clients"] == 1 and r["requests"] > 0 for r in writes)
+    batch, ceiling, apply_ceiling = tables["Batch writes"]
+    assert batch["assertions_per_s"] > 0 and batch["lag_samples"] > 0
+    assert batch["lag_max_bytes"] >= batch["lag_p99_bytes"] >= 0 and batch["lag_p99_ms"] >= 0
     assert ceiling["system"] == http_bench.CEILING_LABEL and ceiling["assertions_per_s"] > 0
-    assert "design ceiling" in next(t["measured"] for t in doc["targets"]
-                                    if t["target"] == "/v1/batch of 1000")
-    reads = tables["GET /v1/assertions/{id} while writing"]
-    assert len(reads) == 8 and all(r["reads_per_s"] > 0 for r in reads)
+    assert apply_ceiling["system"] == http_bench.APPLY_CEILING_LABEL
+    assert apply_ceiling["assertions_per_s"] > 0
+    targets = {t["target"]: t for t in doc["targets"]}
+    assert "design ceiling" in targets["/v1/batch of 1,000"]["measured"]
+    assert {"POST /v1/assertions at 1 client p50 vs PostgreSQL INSERT (primary key only)",
+            "POST /v1/assertions at 1 client p50 vs PostgreSQL INSERT (+3 indexes)"
+            } <= targets.keys()
+    reads = tables[http_bench.READS_TITLE]
+    assert len(reads) == 11 and all(r["reads_per_s"] > 0 for r in reads)
+    assert [r["system"] for r in reads].count(http_bench.PG_READ_SYSTEM) == 2
+    assert [r["system"] for r in reads].count(http_bench.STALE_READ_SYSTEM) == 1
     # Without -f strace traces the main thread only; the WAL writer must be that thread,
     # or the injected delay would not reach the WAL's fdatasync.
     traced = next(r for r in reads if r["load"].startswith("2 writers, strace,"))
     assert traced["write_p50_ms"] >= 20
-    assert [t["target"].startswith("read p99") for t in doc["targets"]].count(True) == 3
+    # vs PostgreSQL under write load, and the two slowed-fdatasync rows (not -f).
+    assert [t.startswith("read p99") for t in targets].count(True) == 3
 
 
 @pytest.mark.timeout(90)
