@@ -34,7 +34,7 @@ Layout (every key optional; defaults below)::
     [state]
     page_cache_bytes = 67108864            # 64 MiB: SQLite's page cache per connection
                                            # (the writer's and each reader's)
-    max_apply_lag_bytes = 67108864         # 64 MiB: durable WAL the state may trail by
+    max_apply_lag_bytes = 16777216         # 16 MiB: durable WAL the state may trail by
                                            # before the writer waits (backpressure)
     apply_delay_ms = 0                     # drills and tests only: delay each apply
                                            # transaction, as a slow state disk would

@@ -63,7 +63,13 @@ replay_read_bytes_max = 4 * MiB  # one read from a segment during replay
 # The applier: records per SQLite transaction (replay and live), and how far the state
 # may lag the durable WAL before the committer waits ([state] max_apply_lag_bytes).
 apply_records_max = 4096
-max_apply_lag_bytes_default = 64 * MiB
+# ... and payload bytes per live transaction: a linearizable read waits for the
+# transaction that holds its LSN, so one is kept short (a 1,000-assertion batch record is
+# ~150 KiB); a lagging applier still makes transactions of this size, not of one group.
+apply_bytes_max = 512 * KiB
+# 16 MiB of 1,000-assertion batch records is about a second of the applier's work: a
+# read waiting at the bound still answers well inside read_wait_timeout_seconds_default.
+max_apply_lag_bytes_default = 16 * MiB
 max_apply_lag_bytes_min = 64 * KiB
 # The longest a group waits for the applier under backpressure before it is refused
 # with 503 apply_lag.

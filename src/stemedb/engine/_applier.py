@@ -313,15 +313,17 @@ class Applier:
             item = self._queue.get()
             groups: list[DurableGroup] = []
             calls: list[tuple[Callable[[], Any], cf.Future[Any]]] = []
-            records = 0
-            # Bounded: at most apply_records_max records per transaction.
+            records = nbytes = 0
+            # Bounded: at most apply_records_max records and about apply_bytes_max
+            # payload bytes per transaction (a group is never split).
             while item is not None:
                 if isinstance(item, tuple):
                     calls.append(item)
                     break  # a call runs between transactions, after these groups
                 groups.append(item)
                 records += len(item.frames)
-                if records >= limits.apply_records_max:
+                nbytes += sum(len(f[2]) for f in item.frames)
+                if records >= limits.apply_records_max or nbytes >= limits.apply_bytes_max:
                     break
                 try:
                     item = self._queue.get_nowait()
