@@ -101,6 +101,7 @@ class Engine:
         self.read_index = ReadIndex()
         self.progress = ReplayProgress("opening")
         self.recovered = False
+        self._started = False
         self.closed = False
         # The parts, built by recover().
         self.writer: WalWriter | None = None
@@ -231,6 +232,7 @@ class Engine:
         if not self.recovered:
             raise RuntimeError("Engine.start() before recover()")
         committer, applier = self._parts()
+        self._started = True
         st.tune_for_writes(applier.conn)
         committer.accepting = True
         committer.background = self._background
@@ -452,6 +454,11 @@ class Engine:
 
     def holds(self) -> dict[str, dict[str, Any]]:
         return {} if self.retention is None else self.retention.holds_status()
+
+    @property
+    def started(self) -> bool:
+        """start() ran (its threads may be running)."""
+        return self._started
 
     @property
     def checkpoint_lsn(self) -> int:

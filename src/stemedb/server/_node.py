@@ -18,6 +18,7 @@ engine's ``status()`` and ``progress`` are cheap snapshots.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -77,6 +78,7 @@ class Node:
         self._recovered: asyncio.Future[RecoveryReport] | None = None
         self._recovery_thread: threading.Thread | None = None
         self._last_reason: str | None = "starting"
+        self._start_lock = threading.Lock()
         self.m.ready.set(0)
         self.m.draining.set(0)
 
@@ -103,14 +105,23 @@ class Node:
             self.refresh_ready()
             fut.set_result(report)
 
+        def tell(report: RecoveryReport | None, exc: BaseException | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: the server stopped
+                loop.call_soon_threadsafe(done, report, exc)
+
         def run() -> None:
             try:
                 report = self.engine.recover()
-                self.engine.start()
+                with self._start_lock:
+                    # A stop that came during the replay wins: the engine is not started
+                    # behind the back of a server that is exiting (begin_stop).
+                    if self.phase == "stopping":
+                        return
+                    self.engine.start()
             except BaseException as exc:  # reported on the loop, never lost with the thread
-                loop.call_soon_threadsafe(done, None, exc)
+                tell(None, exc)
                 return
-            loop.call_soon_threadsafe(done, report, None)
+            tell(report, None)
 
         # A daemon thread: a SIGTERM during replay may exit without waiting for it
         # (nothing was acknowledged yet; the next start resumes the replay).
@@ -250,8 +261,16 @@ class Node:
 
     # ------------------------------------------------------------------ shutdown --
     def begin_stop(self) -> None:
-        self.phase = "stopping"
+        with self._start_lock:  # after this, a recovery still running never starts it
+            self.phase = "stopping"
         self.refresh_ready()
+
+    async def close_engine_if_started(self) -> None:
+        """After a stop during replay: a recovery that finished as the signal came may
+        have started the engine; close it (its writer runs on the main thread)."""
+        if self.engine.started and not self.engine.closed:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, self.engine.close, self.drain_grace_seconds)
 
     async def close_engine(self) -> None:
         """Final checkpoint and close, on a thread; the next start replays nothing."""

@@ -181,6 +181,7 @@ async def _lifecycle(node: Node, runner: web.AppRunner, stop: asyncio.Event,
                     p.bytes_done, p.bytes_total)
         node.begin_stop()
         await runner.cleanup()
+        await node.close_engine_if_started()
         return Exit.STOPPED_DURING_REPLAY
     exc = recovered.exception()
     if exc is not None:
