@@ -56,6 +56,9 @@ class SimResult:
     segments_removed: int
     full_replay_checked: bool
     group_commits: int = 0
+    # The crash came while durable records waited for the applier: recovery had to
+    # apply records that writers had been told were written.
+    crashed_unapplied: bool = False
     notes: list[str] = field(default_factory=list)
 
 
@@ -169,6 +172,7 @@ def run_seed(seed: int, workdir: str, *, fsync: str = "always") -> SimResult:
     inflight: list[WriteRequest] = []
     groups = 0
     crashed = False
+    unapplied = False
     removed = 0
     keys: list[tuple[str, WriteRequest]] = []
     apply_chance = rng.choice([1.0, 0.5, 0.1])
@@ -217,6 +221,7 @@ def run_seed(seed: int, workdir: str, *, fsync: str = "always") -> SimResult:
                 snapshots.append(_snapshot(db_path))  # SQLite may keep any commit point
     except SimCrash:
         crashed = True
+        unapplied = eng.read_index.lag_bytes() > 0
     finally:
         # The process dies: its connections go, nothing is flushed or checkpointed.
         eng.abandon()
@@ -281,7 +286,8 @@ def run_seed(seed: int, workdir: str, *, fsync: str = "always") -> SimResult:
     shutil.rmtree(base, ignore_errors=True)
     return SimResult(seed, len(requests) + len(inflight), acked,
                      fs.ops if crashed else None, bool(inflight), matched,
-                     report.torn_tail is not None, removed, full_checked, groups)
+                     report.torn_tail is not None, removed, full_checked, groups,
+                     unapplied)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [args.seed] if args.seed is not None else range(args.start,
                                                               args.start + args.seeds)
     t0 = time.monotonic()
-    stats = {"crashed": 0, "torn": 0, "inflight_durable": 0, "full_replay": 0, "removed": 0}
+    stats = {"crashed": 0, "torn": 0, "inflight_durable": 0, "full_replay": 0, "removed": 0,
+             "crashed_unapplied": 0}
     with tempfile.TemporaryDirectory(prefix="stemedb-sim-") as tmp:
         for s in seeds:
             try:
@@ -306,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             stats["inflight_durable"] += r.matched == "acked+inflight"
             stats["full_replay"] += r.full_replay_checked
             stats["removed"] += r.segments_removed
+            stats["crashed_unapplied"] += r.crashed_unapplied
     print(f"{len(seeds)} seeds passed in {time.monotonic() - t0:.1f}s: {stats}")
     return 0
 
