@@ -3,7 +3,9 @@
 Usage: python tests/_writer_child.py DATA_DIR THREADS COUNT [fsync [WAL_DIR]]
 
 Prints one line per acknowledged write, ``ACK <id> <subject>``, flushed before
-the next write is sent, and ``ERR <code> <subject>`` for a refused one.
+the next write is sent, and ``ERR <code> <subject>`` for a refused one.  Every fifth
+write of a thread is a vote on its last assertion (answered once the state has applied
+it): ``VOTE <assertion id> <voter>`` when acknowledged.
 """
 
 from __future__ import annotations
@@ -32,13 +34,21 @@ def main() -> None:
     print("READY", flush=True)
 
     def worker(t: int) -> None:
+        last = 0
         for i in range(count):
             subject = f"t{t}-{i}"
             try:
-                res = eng.write(WriteRequest(RecordType.ASSERT, [{"assert": {
-                    "subject": subject, "predicate": "p", "object": {"i": i, "pad": "x" * 300},
-                    "author": f"w{t}"}}]))
-                line = f"ACK {res.body['id']} {subject}"
+                if last and i % 5 == 4:
+                    voter = f"v{t}-{i}"
+                    eng.write(WriteRequest(RecordType.VOTE, [{"vote": {
+                        "assertion_id": last, "voter": voter, "value": 1}}]))
+                    line = f"VOTE {last} {voter}"
+                else:
+                    res = eng.write(WriteRequest(RecordType.ASSERT, [{"assert": {
+                        "subject": subject, "predicate": "p",
+                        "object": {"i": i, "pad": "x" * 300}, "author": f"w{t}"}}]))
+                    last = res.body["id"]
+                    line = f"ACK {last} {subject}"
             except StemeError as exc:
                 line = f"ERR {exc.code} {subject}"
             with out_lock:

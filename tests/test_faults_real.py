@@ -38,14 +38,24 @@ def _acked(lines: list[str]) -> dict[int, str]:
     return out
 
 
-def _check_state(data_dir: Path, acked: dict[int, str]) -> int:
+def _votes(lines: list[str]) -> set[tuple[int, str]]:
+    return {(int(p[1]), p[2]) for p in (line.split() for line in lines)
+            if p and p[0] == "VOTE"}
+
+
+def _check_state(data_dir: Path, acked: dict[int, str],
+                 votes: set[tuple[int, str]] | None = None) -> int:
     eng = Engine(data_dir, EngineConfig(disk_reserve_bytes=0, segment_size_bytes=256 * 1024))
     eng.recover()
     rows = eng.read_now(lambda c: c.execute("SELECT id, subject FROM assertions").fetchall())
+    voted = set(eng.read_now(lambda c: c.execute(
+        "SELECT assertion_id, voter FROM votes").fetchall()))
     eng.close()
     have = dict(rows)
     missing = {i: s for i, s in acked.items() if have.get(i) != s}
     assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {list(missing)[:5]}"
+    lost_votes = (votes or set()) - voted
+    assert not lost_votes, f"{len(lost_votes)} acknowledged votes lost: {sorted(lost_votes)[:5]}"
     ids = sorted(have)
     assert ids == list(range(1, len(ids) + 1)), "ids must be dense: nothing half-applied"
     return len(have)
@@ -59,6 +69,7 @@ def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path, wal_dir: s
     data = tmp_path / "db"
     child_args = ["always", str(tmp_path / wal_dir)] if wal_dir else []
     acked: dict[int, str] = {}
+    votes: set[tuple[int, str]] = set()
     rounds = 3
     for rnd in range(rounds):
         target = rng.randint(100, 1500)
@@ -81,11 +92,14 @@ def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path, wal_dir: s
         new = _acked(lines)
         assert new, f"round {rnd}: nothing was acknowledged (seed={seed})"
         acked.update(new)
-        total = _check_state(data, acked)
+        votes |= _votes(lines)
+        total = _check_state(data, acked, votes)
         assert total >= len(acked)
         if wal_dir:
             assert os.readlink(data / "wal") == str(tmp_path / wal_dir)
-    print(f"kill -9: {rounds} rounds, {len(acked)} acknowledged writes survived (seed={seed})")
+    assert votes, f"no vote was acknowledged (seed={seed})"
+    print(f"kill -9: {rounds} rounds, {len(acked)} acknowledged writes and {len(votes)} votes "
+          f"survived (seed={seed})")
 
 
 WRITES_PER_THREAD = 40  # in the strace fault tests
@@ -132,14 +146,15 @@ def test_syscall_fault_fences_writes_and_loses_nothing(tmp_path: Path, name: str
     assert errors, f"{name}: writes after the fault must fail"
     # Loud: every write after the fault fails with wal_fsync_failed; none pretends success.
     assert all(line.split()[1] == "wal_fsync_failed" for line in errors)
-    assert len(acked) + len(errors) == threads * WRITES_PER_THREAD
+    votes = _votes(lines)
+    assert len(acked) + len(votes) + len(errors) == threads * WRITES_PER_THREAD
     for phrase in log_phrases:
         assert phrase in stderr, f"log must say {phrase!r}"
     assert "fenced" in stderr
     # Restart without the fault: every acknowledged write is there, and the writes
     # that were told they failed were discarded (best effort: the page cache kept the
     # zeroing, as it does whenever the machine itself did not crash).
-    _check_state(data, acked)
+    _check_state(data, acked, votes)
     failed = {line.split()[2] for line in errors}
     eng = Engine(data, EngineConfig(disk_reserve_bytes=0, segment_size_bytes=256 * 1024))
     eng.recover()
