@@ -8,10 +8,11 @@ in it, so the state always names the WAL position it reflects; a crash between t
 transactions loses nothing, for the WAL still holds what was not applied.
 
 The live applier is a thread of the engine's: it takes every group queued (up to
-``apply_records_max`` records), applies them in one transaction, publishes the applied
-LSN to the read index, and answers the writes whose responses needed the state (a
-vote's ``created``, a seal's digest).  The more it lags, the larger its transactions,
-the cheaper each record: it catches up.
+``apply_records_max`` records and ``apply_bytes_max`` payload bytes), applies them in
+one transaction, publishes the applied LSN to the read index, and answers the writes
+whose responses needed the state (a vote's ``created``, a seal's digest).  The more it
+lags, the larger its transactions, the cheaper each record: it catches up; the byte cap
+keeps each one short, for a linearizable read waits for the one that holds its LSN.
 """
 
 from __future__ import annotations
