@@ -375,7 +375,7 @@ class Applier:
             f"the state could not apply durable WAL records from LSN {first}: {exc}",
             lsn=first, durable=True,
             hint="restart stemedb-api: its replay applies the WAL to the state")
-        self.m.storage_errors_total.labels(operation="state_apply").inc()
+        self.m.storage_errors_total.labels(operation="apply").inc()
         if self.on_failure is not None:
             self.on_failure(self.failed)
 
