@@ -139,8 +139,10 @@ def _reference_replay(wal_dir: Path, db_path: Path) -> None:
                 if payload.k:
                     assert payload.h is not None
                     conn.execute("DELETE FROM idempotency WHERE key=?", (payload.k,))
-                    st.record_idempotency(conn, payload.k, payload.h, status, body,
-                                          rec.lsn, _reference_parse(payload.t))
+                    conn.execute("INSERT INTO idempotency(key, body_sha256, status, response,"
+                                 " lsn, created_unix) VALUES(?,?,?,?,?,?)",
+                                 (payload.k, payload.h, status, orjson.dumps(body).decode(),
+                                  rec.lsn, _reference_parse(payload.t)))
                 conn.execute("COMMIT")
             assert sc.damage is None
     conn.close()

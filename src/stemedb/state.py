@@ -242,7 +242,7 @@ class ApplyContext:
 
     The open epoch and the next assertion id are read once, and the epoch's counters
     are added up and written once (:meth:`flush`), instead of per record.  A caller
-    that rolls back must restore a :meth:`copy` taken before, or drop the context.
+    that rolls back drops the context.
     """
 
     epoch: int = 0
@@ -255,11 +255,6 @@ class ApplyContext:
     # Buffered rows and their shapes, side by side (see :func:`assertion_row`).
     rows: list[tuple[Any, ...]] = field(default_factory=list)
     shapes: list[int] = field(default_factory=list)
-
-    def copy(self) -> ApplyContext:
-        assert not self.rows, "flush_rows() before taking a copy"
-        return ApplyContext(self.epoch, self.next_id, self.asserted, self.new_votes,
-                            self.buffer_rows)
 
     def flush_rows(self, conn: sqlite3.Connection) -> None:
         if self.rows:
@@ -487,14 +482,6 @@ def _seal(conn: sqlite3.Connection, epoch: int, ts: str, lsn: int) -> dict[str, 
     conn.execute("INSERT INTO epochs(n, opened_at) VALUES(?, ?)", (epoch + 1, ts))
     return {"sealed": epoch, "opened": epoch + 1, "digest": digest, "results": len(results),
             "lsn": lsn, "sealed_at": ts}
-
-
-def record_idempotency(conn: sqlite3.Connection, key: str, body_sha256: str, status: int,
-                       response: dict[str, Any], lsn: int, created_unix: float) -> None:
-    conn.execute("INSERT INTO idempotency(key, body_sha256, status, response, lsn, created_unix)"
-                 " VALUES(?,?,?,?,?,?)", (key, body_sha256, status,
-                                          orjson.dumps(response).decode(), lsn,
-                                          created_unix))
 
 
 def expire_idempotency(conn: sqlite3.Connection, cutoff_unix: float) -> None:

@@ -89,11 +89,7 @@ class Applier:
         self._queue: queue.SimpleQueue[DurableGroup | tuple[Callable[[], Any],
                                                             cf.Future[Any]] | None] = \
             queue.SimpleQueue()
-        self._queued_records = 0
-        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._idle = threading.Event()
-        self._idle.set()
         # A test hook: seconds the live applier sleeps before each transaction (a slow
         # disk under the state), to show backpressure.
         self.delay_seconds = 0.0
@@ -245,9 +241,6 @@ class Applier:
 
     def enqueue(self, group: DurableGroup) -> None:
         """A durable group, to be applied after every group enqueued before it."""
-        with self._lock:
-            self._queued_records += len(group.frames)
-            self._idle.clear()
         if self.failed is not None:
             self._fail_group(group, self.failed)
             return
@@ -280,13 +273,6 @@ class Applier:
         self._queue.put(None)
         t.join(timeout_seconds)
         return not t.is_alive()
-
-    def queued_records(self) -> int:
-        return self._queued_records
-
-    def wait_idle(self, timeout_seconds: float) -> bool:
-        """Until everything enqueued is applied (or failed)."""
-        return self._idle.wait(timeout_seconds)
 
     def run_pending(self) -> int:
         """Apply every queued group now, on the calling thread (an engine without
@@ -361,10 +347,6 @@ class Applier:
         if self.failed is not None:
             for g in groups:
                 self._fail_group(g, self.failed)
-        with self._lock:
-            self._queued_records -= n
-            if self._queued_records == 0:
-                self._idle.set()
         return n
 
     def _failed(self, exc: BaseException, frames: list[Frame]) -> None:

@@ -543,13 +543,12 @@ class Committer:
         assert w.header is not None
         header = w.header
         # The group is in the writer's current segment (a group never spans two).
-        base = header.base_lsn if frames[0][1] >= header.base_lsn else None
-        seg_name = w.segment
-        group_frames: list[Frame] = [(lsn, rtype, data, lsn - (base or 0))
+        base, seg_name = header.base_lsn, w.segment
+        group_frames: list[Frame] = [(lsn, rtype, data, lsn - base)
                                      for rtype, lsn, data in frames]
 
         def locate(lsn: int) -> tuple[str, int]:
-            return seg_name, lsn - (base or 0)
+            return seg_name, lsn - base
 
         view = self.view
 

@@ -25,7 +25,14 @@ from .. import limits
 from .. import state as st
 from ..backfill import Backfiller
 from ..dirlock import DataDirLock
-from ..errors import Closed, CorruptionError, InvalidInput, StateApplyFailed, StemeError
+from ..errors import (
+    Closed,
+    CorruptionError,
+    InvalidInput,
+    StateApplyFailed,
+    StemeError,
+    Unavailable,
+)
 from ..layout import place_wal_dir, wal_link_path
 from ..metrics import Metrics
 from ..read_index import ReadIndex, TooStale
@@ -401,8 +408,6 @@ class Engine:
     def _enqueue(self, request: WriteRequest, loop: asyncio.AbstractEventLoop | None,
                  *, commit_here: bool = False) -> Pending:
         if self.committer is None or self.closed:
-            from ..errors import Unavailable
-
             raise Unavailable("not accepting writes (starting, draining or stopped)",
                               code="not_accepting")
         p = self.committer.enqueue(request, loop, commit_here=commit_here)

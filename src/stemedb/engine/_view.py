@@ -132,8 +132,5 @@ class AdmissionView:
             for k in done:
                 del self._keys[k]
 
-    def pending_keys(self) -> int:
-        return len(self._keys)
-
 
 __all__ = ["Admission", "AdmissionView", "PendingKey"]

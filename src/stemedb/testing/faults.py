@@ -40,7 +40,6 @@ class FaultyFileSystem(OsFileSystem):
         self._released = threading.Event()
         self._released.set()
         self.sync_waiting = threading.Event()  # set while a sync is held
-        self.syncs = 0  # WAL segment syncs that returned or raised
         self._open: dict[str, list[_FaultyFile]] = {}  # by path, for renames
 
     def fail_next_sync(self, errno: int = errno_mod.EIO, *, after: int = 0) -> None:
@@ -67,7 +66,6 @@ class FaultyFileSystem(OsFileSystem):
             self.sync_waiting.clear()
         with self._lock:
             code = self._faults.pop(0) if self._faults else None
-            self.syncs += 1
         if code is not None:
             raise OSError(code, os.strerror(code))
         OsFile.sync(f)
