@@ -209,6 +209,9 @@ CASES = [
     Case("votes_epoch_zero", "GET", "/v1/assertions/{aid}/votes?epoch=0", None, 400,
          "out_of_range"),
     Case("unknown_route", "GET", "/v1/assertion", None, 404, "not_found"),
+    Case("query_not_utf8", "GET", A + "?subject=%FF", None, 400, "invalid_utf8"),
+    Case("voter_not_utf8", "PUT", "/v1/assertions/{aid}/votes/%C3", _raw({"value": 1}), 400,
+         "invalid_utf8"),
     Case("wrong_method", "PATCH", A, _raw(_ok()), 405, "method_not_allowed"),
 ]
 

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
 from stemedb.config import load_config
 from stemedb.metrics import Metrics
 from stemedb.server._app import build_app
+from stemedb.server._listener import Listener, bind
 from stemedb.server._node import Node
 
 ROUND_REQUESTS = 3000  # requests per measured round, in CLIENTS concurrent streams
@@ -94,9 +94,10 @@ def test_requests_leave_nothing_behind(tmp_path: Path) -> None:
     async def main() -> list[int]:
         node = Node(config, Metrics(fsync_window_samples_max=FSYNC_WINDOW_SAMPLES))
         await node.start_recovery()
-        server = TestServer(build_app(node), host="127.0.0.1")
-        await server.start_server()
-        base = str(server.make_url("")).rstrip("/")
+        sock = bind("127.0.0.1", 0)
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        server = Listener(build_app(node), sock, grace_seconds=5)
+        await server.start()
         sizes: list[int] = []
         try:
             async with aiohttp.ClientSession() as session:
@@ -119,7 +120,7 @@ def test_requests_leave_nothing_behind(tmp_path: Path) -> None:
                 finally:
                     tracemalloc.stop()
         finally:
-            await server.close()
+            await server.stop()
             await node.close_engine()
         return sizes
 

@@ -116,8 +116,11 @@ sqlite_wal_size_limit_bytes = 64 * MiB  # PRAGMA journal_size_limit of the state
 
 # --- HTTP server and client (stemedb.server, stemedb.client) --------------------
 http_id_max = 2**63 - 1  # assertion ids and epoch numbers fit SQLite's signed 64-bit integer
-http_body_read_chunk_bytes = 64 * KiB  # one read from a request body stream
 http_startup_listen_backlog = 1024  # pending connections the listening socket queues
+# A request's line and headers together; past it: 431 and the connection closed.
+http_head_bytes_max = 16 * KiB
+http_keepalive_idle_seconds = 75  # an idle keep-alive connection is closed after this
+http_listener_poll_seconds = 0.01  # how often start() looks whether the server listens
 client_retries_max = 5  # a client write is sent at most 1 + 5 times, always with one key
 client_backoff_seconds_initial = 0.1  # first wait before a retry; doubles each time
 client_backoff_seconds_max = 2.0  # cap on one wait (and on a server's Retry-After)

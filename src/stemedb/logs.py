@@ -19,7 +19,7 @@ import logging
 import sys
 from typing import Any, TextIO
 
-__all__ = ["LOG_FORMATS", "LOG_LEVELS", "ClientProtocolErrorFilter", "JsonFormatter",
+__all__ = ["LOG_FORMATS", "LOG_LEVELS", "JsonFormatter",
            "PlainFormatter", "setup_logging"]
 
 LOG_FORMATS = ("plain", "json")
@@ -61,29 +61,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
-_PROTOCOL_ERROR_TEXT_CHARS_MAX = 200  # of aiohttp's description of a malformed request
-
-
-class ClientProtocolErrorFilter(logging.Filter):
-    """Condense aiohttp's traceback for a malformed HTTP request into one warning.
-
-    A client that sends a NUL byte in a header is the client's problem; logging a
-    traceback at ERROR for it would let anyone flood the log with noise that looks
-    like a server fault.  Server-side errors keep their tracebacks.
-    """
-
+class _DuplicateParseWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and type(exc).__module__.startswith("aiohttp.") \
-                and getattr(exc, "code", None) == 400:
-            record.msg = "malformed HTTP request from %s: %s"
-            text = " ".join(str(exc).split())[:_PROTOCOL_ERROR_TEXT_CHARS_MAX]
-            record.args = (record.args[0] if isinstance(record.args, tuple) and record.args
-                           else "?", text or type(exc).__name__)
-            record.exc_info = None
-            record.exc_text = None
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
+        return record.msg != "Invalid HTTP request received."
 
 
 def setup_logging(log_format: str = "plain", level: str = "info",
@@ -105,9 +85,12 @@ def setup_logging(log_format: str = "plain", level: str = "info",
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # aiohttp's access log would repeat every request; the server's own middleware
-    # logs what matters (errors, slow requests) without headers.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    server_log = logging.getLogger("aiohttp.server")
-    if not any(isinstance(f, ClientProtocolErrorFilter) for f in server_log.filters):
-        server_log.addFilter(ClientProtocolErrorFilter())
+    # The HTTP server's start and stop lines repeat the server's own; its warnings
+    # (a malformed request, a connection limit) and errors stay.  There is no access
+    # log: the application logs what matters (errors, and every request at debug)
+    # without headers.
+    server_log = logging.getLogger("uvicorn.error")
+    server_log.setLevel(logging.WARNING)
+    if not any(isinstance(f, _DuplicateParseWarning) for f in server_log.filters):
+        # The server's own line names the client and the answer.
+        server_log.addFilter(_DuplicateParseWarning())

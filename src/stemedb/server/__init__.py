@@ -1,4 +1,4 @@
-"""StemeDB's HTTP server (aiohttp).
+"""StemeDB's HTTP server: an ASGI application on uvicorn.
 
 - :mod:`._node` - the engine's lifecycle as the API sees it: phases, readiness,
   in-flight writes, drain.
@@ -6,7 +6,8 @@
 - :mod:`._http` - strict decoding of bodies, queries and paths.
 - :mod:`._auth` - bearer tokens with scopes; the loopback rule.
 - :mod:`._openapi` - the document at ``/openapi.json``.
-- :mod:`._app` - the application and its middleware (auth, errors, metrics).
+- :mod:`._app` - the ASGI application: routing, auth, errors, metrics.
+- :mod:`._listener` - uvicorn under it, with a bounded request head.
 - :mod:`._run` - the process: listen, recover, serve, stop on SIGTERM.
 
 Typical use (what ``stemedb serve`` does)::

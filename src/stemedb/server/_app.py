@@ -1,13 +1,17 @@
-"""The aiohttp application: routes, one middleware for auth, errors and metrics.
+"""The ASGI application: the route table, and one place for auth, errors and metrics.
 
-The middleware is the only place that turns an exception into a response, so every
+The application is the only place that turns an exception into a response, so every
 error leaves the server in the one shape of SPEC.md::
 
     {"error": {"code": "snake_case", "message": "human text"}}
 
-A :class:`~stemedb.errors.StemeError` keeps its own status and code; aiohttp's own
-404/405 get ``not_found``/``method_not_allowed``; anything else is a bug, logged with
-its traceback and answered 500 ``internal_error`` (never with the traceback).
+A :class:`~stemedb.errors.StemeError` keeps its own status and code; a path that no
+route has is 404 ``not_found``, a method a path does not take 405
+``method_not_allowed`` (with ``Allow``); anything else is a bug, logged with its
+traceback and answered 500 ``internal_error`` (never with the traceback).
+
+Routing matches the *raw* path segment by segment and only then percent-decodes a
+parameter, so an encoded ``/`` (``%2F``) in a voter's name stays inside that segment.
 """
 
 from __future__ import annotations
@@ -15,94 +19,161 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
-
-from aiohttp import web
+from urllib.parse import unquote
 
 from ..errors import StemeError
 from ._auth import Authenticator
-from ._http import dumps, error_body, error_response, json_response
-from ._node import Node
+from ._http import (
+    Context,
+    Receive,
+    Request,
+    Scope,
+    Send,
+    dumps,
+    error_body,
+    error_response,
+    json_response,
+)
+from ._node import ApiError, Node
 from ._openapi import openapi_document
-from ._routes import NODE_KEY, OPENAPI_KEY, ROUTES, Handler
+from ._routes import ROUTES, Route
 
 log = logging.getLogger("stemedb.server")
 
 # The method label of the request metrics takes these values only, so a client
 # sending made-up methods cannot grow the series without bound.
 _METHOD_LABELS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
-_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
-               413: "body_too_large", 415: "unsupported_media_type"}
-SCOPES_KEY: web.AppKey[dict[tuple[str, str], str | None]] = web.AppKey("stemedb_scopes", dict)
-AUTH_KEY: web.AppKey[Authenticator] = web.AppKey("stemedb_auth", Authenticator)
-SERIES_KEY: web.AppKey[dict[tuple[str, str, int], tuple[Any, Any]]] = web.AppKey(
-    "stemedb_http_series", dict)
 
 
-def _http_exception_response(exc: web.HTTPException) -> web.Response:
-    code = _HTTP_CODES.get(exc.status, f"http_{exc.status}")
-    message = exc.reason or code
-    if exc.status == 404:
-        message = "no such route; see /openapi.json for the routes"
-    elif exc.status == 405:
-        message = f"method not allowed; allowed: {exc.headers.get('Allow', '')}"
-    headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
-    return json_response(error_body(code, message), exc.status, headers)
+class _Template:
+    """A route's path split into segments; ``{name}`` segments are parameters."""
+
+    __slots__ = ("handlers", "names", "path", "segments")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.segments = path.strip("/").split("/")
+        self.names = [s[1:-1] if s.startswith("{") and s.endswith("}") else None
+                      for s in self.segments]
+        self.handlers: dict[str, Route] = {}
+
+    def match(self, parts: list[str]) -> dict[str, str] | None:
+        if len(parts) != len(self.segments):
+            return None
+        params: dict[str, str] = {}
+        for part, segment, name in zip(parts, self.segments, self.names, strict=True):
+            if name is None:
+                if part != segment:
+                    return None
+            elif not part:
+                return None
+            else:
+                params[name] = part
+        return params
 
 
-@web.middleware
-async def _middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    node = request.app[NODE_KEY]
-    resource = request.match_info.route.resource
-    template = resource.canonical if resource is not None else "unmatched"
-    method = request.method if request.method in _METHOD_LABELS else "other"
-    t0 = time.perf_counter()
-    try:
-        scope = request.app[SCOPES_KEY].get((request.method, template))
-        request.app[AUTH_KEY].check(request.headers.get("Authorization"), scope)
-        resp = await handler(request)
-    except StemeError as exc:
-        resp = error_response(exc)
-        if exc.http_status >= 500:
-            log.warning("%s %s -> %d %s: %s", request.method, template, exc.http_status,
-                        exc.code, exc.message)
-    except web.HTTPException as exc:
-        resp = _http_exception_response(exc)
-    except Exception as exc:
-        log.exception("%s %s failed: %s", request.method, template, exc)
-        resp = json_response(error_body("internal_error", "internal error; the server log "
-                                        "has the details"), 500)
-    elapsed = time.perf_counter() - t0
-    if log.isEnabledFor(logging.DEBUG):  # an access log at --log-level debug; no headers
-        log.debug("%s %s -> %d in %.1f ms", request.method, template, resp.status,
-                  elapsed * 1000)
-    # The labelled children are looked up once per (route, method, status): labels()
-    # takes a lock and builds a key on every call.  Bounded: routes x methods x codes.
-    series = request.app[SERIES_KEY]
-    key = (template, method, resp.status)
-    children = series.get(key)
-    if children is None:
-        children = series[key] = (
-            node.m.http_requests_total.labels(route=template, method=method,
-                                              status=str(resp.status)),
-            node.m.http_request_duration_seconds.labels(route=template, method=method))
-    children[0].inc()
-    children[1].observe(elapsed)
-    return resp
+class Router:
+    """Static paths by dictionary; templated ones in table order (``/v1/epochs/current``
+    comes before ``/v1/epochs/{n}``, so the static one wins)."""
+
+    def __init__(self, routes: tuple[Route, ...]) -> None:
+        self.static: dict[str, _Template] = {}
+        self.templated: list[_Template] = []
+        by_path: dict[str, _Template] = {}
+        for r in routes:
+            t = by_path.get(r.path)
+            if t is None:
+                t = by_path[r.path] = _Template(r.path)
+                if any(name is not None for name in t.names):
+                    self.templated.append(t)
+                else:
+                    self.static[r.path] = t
+            t.handlers[r.method] = r
+
+    def resolve(self, raw_path: str) -> tuple[_Template, dict[str, str]] | None:
+        t = self.static.get(raw_path)
+        if t is not None:
+            return t, {}
+        parts = raw_path.strip("/").split("/") if raw_path.startswith("/") else []
+        for t in self.templated:  # bounded by the route table
+            params = t.match(parts)
+            if params is not None:
+                try:
+                    return t, {k: unquote(v, errors="strict") for k, v in params.items()}
+                except UnicodeDecodeError as exc:
+                    raise ApiError(400, "invalid_utf8",
+                                   "a path segment is not valid UTF-8 once decoded") from exc
+        return None
 
 
-def build_app(node: Node) -> web.Application:
-    """The application for ``node`` (auth from its config)."""
-    auth = Authenticator(node.config.tokens)
-    app = web.Application(middlewares=[_middleware], client_max_size=node.body_bytes_max)
-    app[NODE_KEY] = node
-    app[AUTH_KEY] = auth
-    app[SCOPES_KEY] = {(r.method, r.path): r.scope for r in ROUTES}
-    app[SERIES_KEY] = {}
-    app[OPENAPI_KEY] = dumps(openapi_document(auth_enabled=auth.enabled,
-                                              body_bytes_max=node.body_bytes_max))
-    for r in ROUTES:
-        app.router.add_route(r.method, r.path, r.handler, name=r.operation_id)
-    return app
+class App:
+    """The ASGI callable for one node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.auth = Authenticator(node.config.tokens)
+        self.router = Router(ROUTES)
+        self.context = Context(node, dumps(openapi_document(
+            auth_enabled=self.auth.enabled, body_bytes_max=node.body_bytes_max)))
+        # (route, method, status) -> the labelled metric children, looked up once each:
+        # labels() takes a lock and builds a key on every call.  Bounded: routes x
+        # methods x status codes.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan is off; websockets are not served
+            return
+        t0 = time.perf_counter()
+        method_name: str = scope["method"]
+        method = method_name if method_name in _METHOD_LABELS else "other"
+        raw = scope.get("raw_path")
+        raw_path = raw.decode("latin-1") if raw else scope["path"]
+        template = "unmatched"
+        try:
+            found = self.router.resolve(raw_path)
+            if found is None:
+                raise ApiError(404, "not_found",
+                               "no such route; see /openapi.json for the routes")
+            t, params = found
+            template = t.path
+            route = t.handlers.get(method_name)
+            if route is None:
+                allowed = ",".join(sorted(t.handlers))
+                raise ApiError(405, "method_not_allowed",
+                               f"method not allowed; allowed: {allowed}",
+                               headers={"Allow": allowed})
+            request = Request(scope, receive, self.context, params)
+            self.auth.check(request.header(b"authorization"), route.scope)
+            resp = await route.handler(request)
+        except StemeError as exc:
+            resp = error_response(exc)
+            if exc.http_status >= 500:
+                log.warning("%s %s -> %d %s: %s", method_name, template, exc.http_status,
+                            exc.code, exc.message)
+        except Exception as exc:
+            log.exception("%s %s failed: %s", method_name, template, exc)
+            resp = json_response(error_body("internal_error", "internal error; the server "
+                                            "log has the details"), 500)
+        await resp.send(send)
+        elapsed = time.perf_counter() - t0
+        if log.isEnabledFor(logging.DEBUG):  # an access log at --log-level debug; no headers
+            log.debug("%s %s -> %d in %.1f ms", method_name, template, resp.status,
+                      elapsed * 1000)
+        key = (template, method, resp.status)
+        children = self._series.get(key)
+        if children is None:
+            m = self.node.m
+            children = self._series[key] = (
+                m.http_requests_total.labels(route=template, method=method,
+                                             status=str(resp.status)),
+                m.http_request_duration_seconds.labels(route=template, method=method))
+        children[0].inc()
+        children[1].observe(elapsed)
 
 
-__all__ = ["build_app", "error_response"]
+def build_app(node: Node) -> App:
+    """The ASGI application for ``node`` (auth from its config)."""
+    return App(node)
+
+
+__all__ = ["App", "Router", "build_app", "error_response"]

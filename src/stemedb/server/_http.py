@@ -18,24 +18,144 @@ written:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
-from aiohttp import web
 
 from .. import limits
 from ..errors import InvalidInput, StemeError
-from ._node import ApiError
+from ._node import ApiError, Node
 
 JSON_CONTENT_TYPE = "application/json"
 _DIGITS = re.compile(r"[0-9]{1,19}")
 # Visible ASCII only: a key travels in a header and is echoed in logs by clients.
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]+")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class Context:
+    """What every request of one application shares: the node and the OpenAPI document
+    (encoded once, at start)."""
+
+    __slots__ = ("node", "openapi_json")
+
+    def __init__(self, node: Node, openapi_json: bytes) -> None:
+        self.node = node
+        self.openapi_json = openapi_json
+
+
+class Request:
+    """One HTTP request as the handlers see it, over an ASGI ``http`` scope.
+
+    Headers are looked up by scanning the scope's list (a handful per request, names
+    already lower case); the query is parsed once, on first use; the body is read
+    only by :func:`read_body`, which enforces the size limit as it reads.
+    """
+
+    __slots__ = ("_query", "context", "match_info", "method", "node", "path", "raw_headers",
+                 "receive", "scope")
+
+    def __init__(self, scope: Scope, receive: Receive, context: Context,
+                 match_info: dict[str, str]) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.context = context
+        self.node = context.node
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
+        self.match_info = match_info
+        self._query: list[tuple[str, str]] | None = None
+
+    def header(self, name: bytes) -> str | None:
+        """The first value of header ``name`` (lower case).  Bytes that are not UTF-8
+        decode to surrogates, which every check of a header's text then refuses."""
+        for key, value in self.raw_headers:
+            if key == name:
+                return value.decode("utf-8", "surrogateescape")
+        return None
+
+    def headers_all(self, name: bytes) -> list[str]:
+        return [v.decode("utf-8", "surrogateescape") for k, v in self.raw_headers
+                if k == name]
+
+    @property
+    def query(self) -> list[tuple[str, str]]:
+        """The query's pairs in order, repeats kept; ``+`` is a space, as in forms."""
+        if self._query is None:
+            qs = self.scope.get("query_string", b"")
+            if not qs:
+                self._query = []
+            else:
+                try:
+                    text = qs.decode("utf-8")
+                    pairs = parse_qsl(text, keep_blank_values=True, errors="strict")
+                except UnicodeDecodeError as exc:
+                    raise ApiError(400, "invalid_utf8",
+                                   "the query string is not valid UTF-8") from exc
+                self._query = pairs
+        return self._query
+
+    @property
+    def content_length(self) -> int | None:
+        text = self.header(b"content-length")
+        if text is None:
+            return None
+        text = text.strip()
+        if not text.isdigit() or not text.isascii():
+            raise ApiError(400, "invalid_header",
+                           f"Content-Length must be a decimal integer, got {text[:64]!r}")
+        return int(text)
+
+    @property
+    def chunked(self) -> bool:
+        te = self.header(b"transfer-encoding")
+        return te is not None and "chunked" in te.lower()
+
+    def content_type(self) -> tuple[str, str | None]:
+        """The media type (lower case) and the charset parameter, if any."""
+        raw = self.header(b"content-type")
+        if raw is None:
+            return "application/octet-stream", None
+        media, _, params = raw.partition(";")
+        charset = None
+        for param in params.split(";"):
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "charset":
+                charset = value.strip().strip('"')
+        return media.strip().lower(), charset
+
+
+class Response:
+    """A whole response: status, headers and a body of bytes (no streaming)."""
+
+    __slots__ = ("body", "content_type", "headers", "status")
+
+    def __init__(self, body: bytes, status: int = 200,
+                 content_type: str = JSON_CONTENT_TYPE,
+                 headers: Mapping[str, str] | None = None) -> None:
+        self.body = body
+        self.status = status
+        self.content_type = content_type
+        self.headers = headers
+
+    async def send(self, send: Send) -> None:
+        raw = [(b"content-type", self.content_type.encode("latin-1")),
+               (b"content-length", str(len(self.body)).encode("ascii"))]
+        if self.headers:
+            raw.extend((k.lower().encode("latin-1"), v.encode("latin-1"))
+                       for k, v in self.headers.items())
+        await send({"type": "http.response.start", "status": self.status, "headers": raw})
+        await send({"type": "http.response.body", "body": self.body})
 
 
 def dumps(value: Any) -> bytes:
@@ -45,9 +165,8 @@ def dumps(value: Any) -> bytes:
 
 
 def json_response(value: Any, status: int = 200,
-                  headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.Response(body=dumps(value), status=status, content_type=JSON_CONTENT_TYPE,
-                        headers=headers)
+                  headers: Mapping[str, str] | None = None) -> Response:
+    return Response(dumps(value), status, JSON_CONTENT_TYPE, headers)
 
 
 def error_body(code: str, message: str, hint: str | None = None) -> dict[str, Any]:
@@ -57,7 +176,7 @@ def error_body(code: str, message: str, hint: str | None = None) -> dict[str, An
     return {"error": err}
 
 
-def error_response(exc: StemeError) -> web.Response:
+def error_response(exc: StemeError) -> Response:
     headers = dict(getattr(exc, "headers", {}) or {})
     if exc.http_status == 503 and "Retry-After" not in headers:
         headers["Retry-After"] = str(limits.http_retry_after_seconds)
@@ -67,47 +186,50 @@ def error_response(exc: StemeError) -> web.Response:
 
 # -- bodies -------------------------------------------------------------------------
 
-async def read_body(request: web.Request, max_bytes: int, *, required: bool = True
+async def read_body(request: Request, max_bytes: int, *, required: bool = True
                     ) -> bytes:
-    """The raw body, refused before reading when it cannot fit."""
+    """The raw body, refused before reading when it cannot fit, and read only up to
+    ``max_bytes`` when its length was not declared (a chunked body)."""
     declared = request.content_length
     if declared is not None and declared > max_bytes:
         raise ApiError(413, "body_too_large",
                        f"the body is {declared} bytes; the limit is {max_bytes} bytes "
                        "(server.body_bytes_max)", headers={"Connection": "close"})
-    if not request.body_exists or declared == 0:
+    if not (declared or (declared is None and request.chunked)):
         if required:
             raise ApiError(400, "empty_body", "a JSON body is required")
         return b""
-    if request.content_type != JSON_CONTENT_TYPE:
+    media, charset = request.content_type()
+    if media != JSON_CONTENT_TYPE:
         raise ApiError(415, "unsupported_media_type",
                        f"the body must be {JSON_CONTENT_TYPE}, got "
-                       f"{request.headers.get('Content-Type') or 'no Content-Type'}")
-    charset = request.charset
+                       f"{request.header(b'content-type') or 'no Content-Type'}")
     if charset is not None and charset.lower() not in ("utf-8", "utf8"):
         raise ApiError(415, "unsupported_media_type",
                        f"the body must be UTF-8 JSON, got charset={charset}")
-    if declared is not None:  # the common case: one read of exactly what was declared
-        try:
-            return await request.content.readexactly(declared)
-        except asyncio.IncompleteReadError as exc:
-            raise ApiError(400, "incomplete_body",
-                           f"the body ended after {len(exc.partial)} of the {declared} bytes "
-                           "its Content-Length declared") from exc
     chunks: list[bytes] = []
     total = 0
-    # Bounded: stops as soon as more than max_bytes arrived.
+    # Bounded: each message adds its bytes, and more than max_bytes ends the loop.
     while True:
-        chunk = await request.content.read(limits.http_body_read_chunk_bytes)
-        if not chunk:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ApiError(400, "incomplete_body",
+                           f"the client went away after {total} bytes of the body")
+        chunk = message.get("body", b"")
+        if chunk:
+            total += len(chunk)
+            if total > max_bytes:
+                raise ApiError(413, "body_too_large",
+                               f"the body is over the limit of {max_bytes} bytes "
+                               "(server.body_bytes_max)", headers={"Connection": "close"})
+            chunks.append(chunk)
+        if not message.get("more_body", False):
             break
-        total += len(chunk)
-        if total > max_bytes:
-            raise ApiError(413, "body_too_large",
-                           f"the body is over the limit of {max_bytes} bytes "
-                           "(server.body_bytes_max)", headers={"Connection": "close"})
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if declared is not None and len(body) != declared:
+        raise ApiError(400, "incomplete_body",
+                       f"the body ended after {len(body)} of the {declared} bytes its "
+                       "Content-Length declared")
     if not body and required:
         raise ApiError(400, "empty_body", "a JSON body is required")
     return body
@@ -229,9 +351,9 @@ def parse_json_strict(raw: bytes) -> Any:
 
 # -- query and path -----------------------------------------------------------------
 
-def query_params(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
+def query_params(request: Request, allowed: tuple[str, ...]) -> dict[str, str]:
     out: dict[str, str] = {}
-    for key, value in request.query.items():
+    for key, value in request.query:
         if key not in allowed:
             known = ", ".join(allowed) if allowed else "none"
             raise ApiError(400, "unknown_parameter",
@@ -266,8 +388,8 @@ def parse_text(name: str, text: str, max_bytes: int) -> str:
     return text
 
 
-def idempotency_key(request: web.Request) -> str | None:
-    values = request.headers.getall("Idempotency-Key", [])
+def idempotency_key(request: Request) -> str | None:
+    values = request.headers_all(b"idempotency-key")
     if not values:
         return None
     if len(values) > 1:

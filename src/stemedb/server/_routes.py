@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.openmetrics.exposition import (
     CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE,
@@ -30,6 +29,8 @@ from ..model import validate_assertion, validate_batch, validate_vote
 from ..read_index import LsnNotReached, TooStale
 from ..wal import RecordType
 from ._http import (
+    Request,
+    Response,
     idempotency_key,
     json_response,
     parse_int,
@@ -40,9 +41,7 @@ from ._http import (
 )
 from ._node import ApiError, Node, map_unavailable
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-NODE_KEY: web.AppKey[Node] = web.AppKey("stemedb_node", Node)
-OPENAPI_KEY: web.AppKey[bytes] = web.AppKey("stemedb_openapi", bytes)
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 @dataclass(frozen=True)
@@ -54,52 +53,46 @@ class Route:
     operation_id: str
 
 
-def _node(request: web.Request) -> Node:
-    return request.app[NODE_KEY]
-
-
 # -- operations routes ----------------------------------------------------------------
 
-async def healthz(request: web.Request) -> web.StreamResponse:
-    node = _node(request)
+async def healthz(request: Request) -> Response:
+    node = request.node
     return json_response({"status": "ok", "phase": node.phase})
 
 
-async def readyz(request: web.Request) -> web.StreamResponse:
+async def readyz(request: Request) -> Response:
     query_params(request, ())
-    ready, body = _node(request).readiness()
+    ready, body = request.node.readiness()
     if ready:
         return json_response(body)
     return json_response(body, 503,
                          headers={"Retry-After": str(limits.http_retry_after_seconds)})
 
 
-async def metrics(request: web.Request) -> web.StreamResponse:
-    node = _node(request)
+async def metrics(request: Request) -> Response:
+    node = request.node
     # stemedb_ready must follow fencing and the disk guard even if nobody polls /readyz.
     node.refresh_ready()
     if node.engine is not None:
         node.engine.refresh_gauges()
     registry = node.m.registry
     loop = asyncio.get_running_loop()
-    if "application/openmetrics-text" in request.headers.get("Accept", ""):
+    if "application/openmetrics-text" in (request.header(b"accept") or ""):
         data = await loop.run_in_executor(None, generate_openmetrics, registry)
         ctype = OPENMETRICS_CONTENT_TYPE
     else:
         data = await loop.run_in_executor(None, generate_latest, registry)
         ctype = CONTENT_TYPE_LATEST
-    resp = web.Response(body=data)
-    resp.headers["Content-Type"] = ctype
-    return resp
+    return Response(data, content_type=ctype)
 
 
-async def openapi(request: web.Request) -> web.StreamResponse:
-    return web.Response(body=request.app[OPENAPI_KEY], content_type="application/json")
+async def openapi(request: Request) -> Response:
+    return Response(request.context.openapi_json)
 
 
-async def _no_body(request: web.Request) -> bytes:
+async def _no_body(request: Request) -> bytes:
     """Routes that take no body accept none, or an empty JSON object."""
-    raw = await read_body(request, _node(request).body_bytes_max, required=False)
+    raw = await read_body(request, request.node.body_bytes_max, required=False)
     if raw and parse_json(raw) != {}:
         raise InvalidInput(f"{request.method} {request.path} takes no body (or an empty "
                            "JSON object)", code="unknown_field")
@@ -114,9 +107,9 @@ def _write_settled(node: Node, fut: asyncio.Future[Any]) -> None:
         fut.exception()  # retrieved: a write whose client left is not an unhandled error
 
 
-async def _write(request: web.Request, rtype: RecordType, ops: list[dict[str, Any]],
-                 raw: bytes) -> web.StreamResponse:
-    node = _node(request)
+async def _write(request: Request, rtype: RecordType, ops: list[dict[str, Any]],
+                 raw: bytes) -> Response:
+    node = request.node
     node.check_writable()
     key = idempotency_key(request)
     # The digest covers the route as well as the body: one key reused on another
@@ -141,29 +134,29 @@ async def _write(request: web.Request, rtype: RecordType, ops: list[dict[str, An
     return json_response(result.body, result.status, headers)
 
 
-async def _write_body(request: web.Request) -> bytes:
+async def _write_body(request: Request) -> bytes:
     """The body of a write without path parameters, refused before it is read when the
     node takes no writes (``_write`` checks again: a drain may start meanwhile)."""
-    node = _node(request)
+    node = request.node
     node.check_writable()
     query_params(request, ())
     return await read_body(request, node.body_bytes_max)
 
 
-async def create_assertion(request: web.Request) -> web.StreamResponse:
+async def create_assertion(request: Request) -> Response:
     raw = await _write_body(request)
     assertion = validate_assertion(parse_json(raw))
     return await _write(request, RecordType.ASSERT, [{"assert": assertion}], raw)
 
 
-async def batch(request: web.Request) -> web.StreamResponse:
+async def batch(request: Request) -> Response:
     raw = await _write_body(request)
     ops = validate_batch(parse_json(raw))
     return await _write(request, RecordType.BATCH, ops, raw)
 
 
-async def put_vote(request: web.Request) -> web.StreamResponse:
-    node = _node(request)
+async def put_vote(request: Request) -> Response:
+    node = request.node
     node.check_writable()
     query_params(request, ())
     aid = parse_int("assertion id", request.match_info["id"], minimum=1)
@@ -183,8 +176,8 @@ async def put_vote(request: web.Request) -> web.StreamResponse:
     return await _write(request, RecordType.VOTE, [{"vote": vote}], raw)
 
 
-async def seal_epoch(request: web.Request) -> web.StreamResponse:
-    node = _node(request)
+async def seal_epoch(request: Request) -> Response:
+    node = request.node
     node.check_writable()
     query_params(request, ())
     raw = await _no_body(request)
@@ -200,6 +193,7 @@ READ_PARAMS = ("consistency", "min_lsn", "max_staleness_ms")
 CONSISTENCY_VALUES = ("linearizable", "stale")
 MIN_LSN_HEADER = "StemeDB-Min-LSN"
 APPLIED_LSN_HEADER = "StemeDB-Applied-LSN"
+_MIN_LSN_KEY = MIN_LSN_HEADER.lower().encode("ascii")  # as ASGI spells header names
 
 
 @dataclass(frozen=True)
@@ -209,7 +203,7 @@ class ReadOptions:
     max_staleness_seconds: float | None = None  # stale only: refuse beyond this lag
 
 
-def read_options(request: web.Request, q: dict[str, str]) -> ReadOptions:
+def read_options(request: Request, q: dict[str, str]) -> ReadOptions:
     """The consistency a read asks for; 400 for a bad value or a contradiction."""
     consistency = q.get("consistency")
     if consistency is not None and consistency not in CONSISTENCY_VALUES:
@@ -218,7 +212,7 @@ def read_options(request: web.Request, q: dict[str, str]) -> ReadOptions:
                        f"{consistency[:64]!r}")
     stale = consistency == "stale"
     min_lsn = parse_int("min_lsn", q["min_lsn"], minimum=0) if "min_lsn" in q else None
-    headers = request.headers.getall(MIN_LSN_HEADER, [])
+    headers = request.headers_all(_MIN_LSN_KEY)
     if len(headers) > 1:
         raise ApiError(400, "invalid_parameter", f"{MIN_LSN_HEADER} is repeated")
     if headers:
@@ -246,9 +240,9 @@ def _applied(lsn: int) -> dict[str, str]:
     return {APPLIED_LSN_HEADER: str(lsn)}
 
 
-async def _read(request: web.Request, fn: Callable[[Any], dict[str, Any]],
-                opts: ReadOptions) -> web.StreamResponse:
-    node = _node(request)
+async def _read(request: Request, fn: Callable[[Any], dict[str, Any]],
+                opts: ReadOptions) -> Response:
+    node = request.node
     node.check_readable()
     try:
         result = await node.engine.read_consistent_async(
@@ -272,16 +266,16 @@ async def _read(request: web.Request, fn: Callable[[Any], dict[str, Any]],
     return json_response(result.value, headers=_applied(result.applied_lsn))
 
 
-async def get_assertion(request: web.Request) -> web.StreamResponse:
-    _node(request).check_readable()
+async def get_assertion(request: Request) -> Response:
+    request.node.check_readable()
     q = query_params(request, READ_PARAMS)
     opts = read_options(request, q)
     aid = parse_int("assertion id", request.match_info["id"], minimum=1)
     return await _read(request, lambda conn: st.get_assertion(conn, aid), opts)
 
 
-async def list_assertions(request: web.Request) -> web.StreamResponse:
-    _node(request).check_readable()
+async def list_assertions(request: Request) -> Response:
+    request.node.check_readable()
     q = query_params(request, ("subject", "predicate", "author", "epoch", "after", "limit",
                                *READ_PARAMS))
     opts = read_options(request, q)
@@ -300,8 +294,8 @@ async def list_assertions(request: web.Request) -> web.StreamResponse:
         limit=limit), opts)
 
 
-async def list_votes(request: web.Request) -> web.StreamResponse:
-    _node(request).check_readable()
+async def list_votes(request: Request) -> Response:
+    request.node.check_readable()
     q = query_params(request, ("epoch", *READ_PARAMS))
     opts = read_options(request, q)
     aid = parse_int("assertion id", request.match_info["id"], minimum=1)
@@ -309,14 +303,14 @@ async def list_votes(request: web.Request) -> web.StreamResponse:
     return await _read(request, lambda conn: st.list_votes(conn, aid, epoch), opts)
 
 
-async def current_epoch(request: web.Request) -> web.StreamResponse:
-    _node(request).check_readable()
+async def current_epoch(request: Request) -> Response:
+    request.node.check_readable()
     q = query_params(request, READ_PARAMS)
     return await _read(request, st.current_epoch, read_options(request, q))
 
 
-async def get_epoch(request: web.Request) -> web.StreamResponse:
-    _node(request).check_readable()
+async def get_epoch(request: Request) -> Response:
+    request.node.check_readable()
     q = query_params(request, ("after", "limit", *READ_PARAMS))
     opts = read_options(request, q)
     n = parse_int("epoch", request.match_info["n"], minimum=1)
@@ -329,19 +323,19 @@ async def get_epoch(request: web.Request) -> web.StreamResponse:
 
 # -- admin ------------------------------------------------------------------------
 
-async def admin_status(request: web.Request) -> web.StreamResponse:
+async def admin_status(request: Request) -> Response:
     query_params(request, ())
-    return json_response(_node(request).status())
+    return json_response(request.node.status())
 
 
-async def admin_drain(request: web.Request) -> web.StreamResponse:
+async def admin_drain(request: Request) -> Response:
     query_params(request, ())
     await _no_body(request)
-    return json_response(await _node(request).drain())
+    return json_response(await request.node.drain())
 
 
-async def admin_checkpoint(request: web.Request) -> web.StreamResponse:
-    node = _node(request)
+async def admin_checkpoint(request: Request) -> Response:
+    node = request.node
     node.check_readable()
     query_params(request, ())
     await _no_body(request)

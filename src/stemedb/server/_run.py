@@ -22,14 +22,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
-
-from .. import limits
 from ..config import Config
 from ..errors import StemeError
 from ..metrics import Metrics
 from ._app import build_app
 from ._auth import check_bind
+from ._listener import Listener, bind
 from ._node import Node
 
 log = logging.getLogger("stemedb.server")
@@ -133,18 +131,14 @@ async def serve(config: Config, *, insecure_allow_unauthenticated: bool = False,
         log.error("cannot place the WAL: %s", exc)
         await run(None, node.engine.close)
         return Exit.REFUSED
-    grace = node.drain_grace_seconds
-    runner = web.AppRunner(build_app(node), access_log=None, handle_signals=False,
-                           shutdown_timeout=grace)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=limits.http_startup_listen_backlog,
-                       reuse_address=True)
     try:
-        await site.start()
+        sock = bind(host, port)
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", host, port, exc.strerror or exc)
-        await runner.cleanup()
+        await run(None, node.engine.close)
         return Exit.REFUSED
+    runner = Listener(build_app(node), sock, grace_seconds=node.drain_grace_seconds)
+    await runner.start()
     log.info("listening on http://%s:%d (data dir %s); replaying the WAL before taking "
              "requests", host, port, node.engine.data_dir)
 
@@ -168,7 +162,7 @@ async def serve(config: Config, *, insecure_allow_unauthenticated: bool = False,
             loop.remove_signal_handler(sig)
 
 
-async def _lifecycle(node: Node, runner: web.AppRunner, stop: asyncio.Event,
+async def _lifecycle(node: Node, runner: Listener, stop: asyncio.Event,
                      received: list[str]) -> Exit:
     recovered = node.start_recovery()
     stopped = asyncio.ensure_future(stop.wait())
@@ -180,14 +174,14 @@ async def _lifecycle(node: Node, runner: web.AppRunner, stop: asyncio.Event,
                     "start resumes the replay", received[0] if received else "stop",
                     p.bytes_done, p.bytes_total)
         node.begin_stop()
-        await runner.cleanup()
+        await runner.stop()
         await node.close_engine_if_started()
         return Exit.STOPPED_DURING_REPLAY
     exc = recovered.exception()
     if exc is not None:
         log.error("recovery failed: %s", exc)
         stopped.cancel()
-        await runner.cleanup()
+        await runner.stop()
         return Exit.RECOVERY_FAILED
     report = recovered.result()
     status = node.engine.status()
@@ -200,7 +194,7 @@ async def _lifecycle(node: Node, runner: web.AppRunner, stop: asyncio.Event,
              node.drain_grace_seconds)
     node.begin_stop()
     # Stops listening first, then waits for in-flight handlers up to the grace.
-    await runner.cleanup()
+    await runner.stop()
     await node.close_engine()
     status = node.engine.status()
     end, ckpt = status["wal"]["end_lsn"], node.engine.checkpoint_lsn
