@@ -8,11 +8,14 @@ answer 201 with the engine's JSON body.  Anything else gets 404; bad input gets 
 
 - ``aiohttp``: a bare ``aiohttp.web.Application`` with that one route.
 - ``uvicorn``: a plain ASGI callable served by uvicorn (httptools parser, uvloop).
+- ``granian``: the same ASGI callable served by granian (a Rust HTTP server, hyper),
+  embedded in this process's event loop (``granian.server.embed``).
+- ``granian-rsgi``: granian's own RSGI interface, without ASGI's message dicts.
 - ``protocol``: an ``asyncio.Protocol`` feeding httptools' parser, no framework.  It is
   *not* an HTTP server one could ship (no chunked bodies, no size limits, no timeouts,
   no flow control): it is the floor, what the Python around one request costs here.
 
-Usage: ``python -m bench._stacks {aiohttp,uvicorn,protocol} --data-dir D --port P``.
+Usage: ``python -m bench._stacks STACK --data-dir D --port P`` (STACK: one of the above).
 It prints ``ready`` once it listens on 127.0.0.1 and serves until SIGTERM or SIGINT,
 then closes the engine (a final checkpoint) and exits 0.
 """
@@ -69,11 +72,13 @@ async def serve_aiohttp(engine: Engine, port: int, stop: asyncio.Event) -> None:
     await runner.cleanup()
 
 
-async def serve_uvicorn(engine: Engine, port: int, stop: asyncio.Event) -> None:
-    import uvicorn
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+_NOT_FOUND = b'{"error":{"code":"not_found","message":"no such route"}}'
 
-    Receive = Callable[[], Awaitable[dict[str, Any]]]
-    Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+def plain_asgi(engine: Engine) -> Callable[[dict[str, Any], Receive, Send], Awaitable[None]]:
+    """The one route as a plain ASGI callable (served by uvicorn and by granian)."""
 
     async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,15 +92,21 @@ async def serve_uvicorn(engine: Engine, port: int, stop: asyncio.Event) -> None:
         if scope["method"] == "POST" and scope["path"] == PATH.decode():
             status, body = await write(engine, b"".join(chunks))
         else:
-            status, body = 404, b'{"error":{"code":"not_found","message":"no such route"}}'
+            status, body = 404, _NOT_FOUND
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="none", http="httptools",
-                            lifespan="off", log_level="warning", access_log=False,
-                            backlog=LISTEN_BACKLOG)
+    return app
+
+
+async def serve_uvicorn(engine: Engine, port: int, stop: asyncio.Event) -> None:
+    import uvicorn
+
+    config = uvicorn.Config(plain_asgi(engine), host="127.0.0.1", port=port, loop="none",
+                            http="httptools", lifespan="off", log_level="warning",
+                            access_log=False, backlog=LISTEN_BACKLOG)
     server = uvicorn.Server(config)
     # Our loop's own SIGTERM/SIGINT handlers stop every stack alike; uvicorn would
     # replace them for the duration of serve() and raise the signal again after it.
@@ -109,6 +120,44 @@ async def serve_uvicorn(engine: Engine, port: int, stop: asyncio.Event) -> None:
     await stop.wait()
     server.should_exit = True
     await task
+
+
+def rsgi_app(engine: Engine) -> Callable[[Any, Any], Awaitable[None]]:
+    """The one route on granian's RSGI: the body in one await, the response in one call."""
+
+    async def app(scope: Any, proto: Any) -> None:
+        raw = await proto()
+        if scope.method == "POST" and scope.path == PATH.decode():
+            status, body = await write(engine, raw)
+        else:
+            status, body = 404, _NOT_FOUND
+        proto.response_bytes(status, [("content-type", "application/json")], body)
+
+    return app
+
+
+async def _serve_granian(app: Any, interface: str, port: int, stop: asyncio.Event) -> None:
+    from granian.constants import Interfaces
+    from granian.server.embed import Server
+
+    server = Server(app, address="127.0.0.1", port=port, interface=Interfaces(interface),
+                    backlog=LISTEN_BACKLOG, log_enabled=False, websockets=False)
+    task = asyncio.ensure_future(server.serve())
+    await asyncio.sleep(0.5)  # granian's embedded server has no "started" flag to poll
+    if task.done():
+        task.result()
+    _ready()
+    await stop.wait()
+    server.stop()  # type: ignore[no-untyped-call]
+    await task
+
+
+async def serve_granian(engine: Engine, port: int, stop: asyncio.Event) -> None:
+    await _serve_granian(plain_asgi(engine), "asgi", port, stop)
+
+
+async def serve_granian_rsgi(engine: Engine, port: int, stop: asyncio.Event) -> None:
+    await _serve_granian(rsgi_app(engine), "rsgi", port, stop)
 
 
 class _Protocol(asyncio.Protocol):
@@ -176,7 +225,8 @@ async def serve_protocol(engine: Engine, port: int, stop: asyncio.Event) -> None
 
 
 STACKS: dict[str, Callable[[Engine, int, asyncio.Event], Awaitable[None]]] = {
-    "aiohttp": serve_aiohttp, "uvicorn": serve_uvicorn, "protocol": serve_protocol}
+    "aiohttp": serve_aiohttp, "uvicorn": serve_uvicorn, "granian": serve_granian,
+    "granian-rsgi": serve_granian_rsgi, "protocol": serve_protocol}
 
 
 def _ready() -> None:

@@ -51,6 +51,8 @@ START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 30.0
 STACKS = {"stemedb serve (the product)": None, "aiohttp, one route": "aiohttp",
           "uvicorn + plain ASGI, one route": "uvicorn",
+          "granian + plain ASGI, one route": "granian",
+          "granian RSGI, one route": "granian-rsgi",
           "asyncio.Protocol + httptools (the floor)": "protocol"}
 
 

@@ -26,7 +26,7 @@ if [ ${#need[@]} -gt 0 ]; then
     $(printf '%s\n' "${need[@]}" | sort -u)
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+python3 -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 
 python3 -m ruff check src tests bench
 python3 -m mypy
