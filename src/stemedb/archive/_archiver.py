@@ -140,10 +140,9 @@ class Archiver:
                                         daemon=True)
         self._thread.start()
 
-    def stop(self, timeout_seconds: float = limits.archive_stop_seconds, *,
-             final_pass: bool = True) -> None:
-        """Stop the thread; ``final_pass``: ship what is durable once more (one try per
-        object), so a clean stop leaves the archive up to date when the target works."""
+    def stop(self, timeout_seconds: float = limits.archive_stop_seconds) -> bool:
+        """Stop the thread (its pass in progress finishes first); False when it did
+        not stop in time (an upload that has not returned)."""
         self._stop.set()
         t = self._thread
         if t is not None:
@@ -152,13 +151,17 @@ class Archiver:
                 log.error("the archiver did not stop within %.1fs (an upload that has not "
                           "returned); what it had not shipped stays held in the WAL and "
                           "ships at the next start", timeout_seconds)
-                return
-        if final_pass:
-            try:
-                self.run_pass(attempts_max=1)
-            except Exception as exc:  # counted and logged by run_pass
-                log.warning("the archive's last pass before stopping failed: %s; the WAL "
-                            "it did not take stays held and ships at the next start", exc)
+                return False
+        return True
+
+    def final_pass(self) -> None:
+        """After the writer stopped: ship what is durable once more (one try per
+        object), so a clean stop leaves the archive up to date when the target works."""
+        try:
+            self.run_pass(attempts_max=1)
+        except Exception as exc:  # counted and logged by run_pass
+            log.warning("the archive's last pass before stopping failed: %s; the WAL it "
+                        "did not take stays held and ships at the next start", exc)
 
     @property
     def running(self) -> bool:

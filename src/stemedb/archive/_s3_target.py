@@ -59,13 +59,14 @@ class S3Target:
         return ArchiveError(f"{self.url}: {what}: {_describe(exc)}", reason=_reason(exc))
 
     def _exists(self, key: str) -> bool:
+        """True when the key exists.  Any other answer than "not found" falls through
+        to the conditional PUT, whose error carries the store's message (a HEAD's
+        error has no body: "403 Forbidden" without "AccessDenied")."""
         try:
             self._s3.head_object(Bucket=self.bucket, Key=key)
             return True
-        except bexc.ClientError as exc:
-            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
+        except bexc.ClientError:
+            return False
 
     def put_if_absent(self, name: str, data: bytes) -> bool:
         key = self._key(name)

@@ -343,6 +343,10 @@ class Engine:
             committer.accepting = False
         if self._backfill is not None:
             self._backfill.stop(timeout_seconds)  # the final checkpoint copies the rest
+        # The archiver's thread stops while the writer can still move its hold; its
+        # last pass comes after the writer's last records.
+        archiver_stopped = self.archiver is None or self.archiver.stop(
+            min(timeout_seconds, limits.archive_stop_seconds))
         stuck = False
         if self._writer_alive():
             assert committer is not None
@@ -357,11 +361,10 @@ class Engine:
         if applier is not None and not stuck and not applier.stop(timeout_seconds):
             stuck = True
             log.error("the applier did not stop within %.1fs", timeout_seconds)
-        if self.archiver is not None:
-            # After the writer: its last records are durable, and the hold moves on the
-            # calling thread now.  One more pass ships them when the target answers.
-            self.archiver.stop(min(timeout_seconds, limits.archive_stop_seconds),
-                               final_pass=not stuck and self.recovered)
+        if self.archiver is not None and archiver_stopped and not stuck and self.recovered:
+            # The writer's last records are durable, and the hold moves on this thread
+            # now: one more pass ships them when the target answers.
+            self.archiver.final_pass()
         self.closed = True
         if self._readers is not None:
             self._readers.shutdown(timeout_seconds)
@@ -399,7 +402,7 @@ class Engine:
         closed, nothing applied, synced or checkpointed, the lock released."""
         self.closed = True
         if self.archiver is not None:
-            self.archiver.stop(limits.archive_stop_seconds, final_pass=False)
+            self.archiver.stop(limits.archive_stop_seconds)
         if self._readers is not None:
             self._readers.shutdown(limits.http_drain_grace_seconds)
         self._release(crashed=True)
