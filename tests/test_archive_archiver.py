@@ -92,16 +92,19 @@ def test_objects_uploaded_before_the_hold_moved_are_checked_and_continued(
         tmp_path: Path) -> None:
     with scratch("arch", tmp_path) as d:
         url = f"file://{d}/archive"
-        eng = engine(d / "db", archive_settings(url))
+        eng = engine(d / "db", archive_settings(url, interval_seconds=3600))
         try:
+            wait_for("the first pass", lambda: caught_up(eng))
             for i in range(100):
                 eng.write(assertion(f"s{i}", 200))
-            wait_for("the archive to catch up", lambda: caught_up(eng))
+                if i % 50 == 49:
+                    eng.archive_now()  # an object per 50 records
+            assert caught_up(eng)
             end = eng.status()["archive"]["archived_lsn"]
         finally:
             eng.close()
         objects = _objects(d / "archive")
-        assert len(objects) >= 2
+        assert len(objects) == 3
         # A crash between the upload and the hold: node.json still says the first
         # object's end.
         first = parse_wal_object_name("/".join(objects[0].parts[-3:]))
