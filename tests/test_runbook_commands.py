@@ -379,12 +379,13 @@ def test_doctor_finds_a_server_fenced_by_fsync_eio(tmp_path: Path) -> None:
 def _commands() -> list[tuple[str, object]]:
     import click
 
-    from stemedb.cli import _doctor, _wal
+    from stemedb.cli import _backup, _doctor, _wal
     cmds: list[tuple[str, click.Command]] = [
         ("stemedb wal verify", _wal.wal_verify_command),
         ("stemedb wal repair", _wal.wal_repair_command),
         ("stemedb wal dump", _wal.wal_dump_command),
         ("stemedb doctor", _doctor.doctor),
+        ("stemedb backup list", _backup.backup_list),
     ]
     return [(name, cmd) for name, cmd in cmds]
 

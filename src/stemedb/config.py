@@ -46,6 +46,17 @@ Layout (every key optional; defaults below)::
     [idempotency]
     ttl_seconds = 86400
 
+    [archive]
+    url = ""                               # "" = off; file:///path or s3://bucket/prefix
+                                           # (S3 endpoint, region, credentials: AWS_*
+                                           # variables and ~/.aws files)
+    interval_seconds = 1.0                 # ship durable WAL at least this often
+    max_backlog_bytes = 1073741824         # 1 GiB: WAL kept for an archive that does not
+                                           # take it, before on_backlog_full acts
+    on_backlog_full = "refuse_writes"      # 507 archive_backlog_full | "drop": release the
+                                           # WAL, start a new timeline, say so loudly
+    encryption_key_file = ""               # 32 bytes (raw or 64 hex): AES-256-GCM
+
     [auth]
     # tokens = [{ name = "ops", token = "...", scopes = ["read", "write", "admin"] }]
 
@@ -100,6 +111,11 @@ SCHEMA: dict[tuple[str, str], tuple[type, Any]] = {
     ("state", "apply_delay_ms"): (int, 0),
     ("read", "wait_timeout_ms"): (int, round(limits.read_wait_timeout_seconds_default * 1000)),
     ("idempotency", "ttl_seconds"): (float, limits.idempotency_ttl_seconds_default),
+    ("archive", "url"): (str, ""),
+    ("archive", "interval_seconds"): (float, limits.archive_interval_seconds_default),
+    ("archive", "max_backlog_bytes"): (int, limits.archive_max_backlog_bytes_default),
+    ("archive", "on_backlog_full"): (str, "refuse_writes"),
+    ("archive", "encryption_key_file"): (str, ""),
     ("auth", "tokens"): (list, []),
 }
 SECRET_KEYS = {("auth", "tokens")}
@@ -131,6 +147,7 @@ class Config:
         return parse_listen(self.values[("server", "listen")])
 
     def engine_config(self) -> EngineConfig:
+        from .archive import ArchiveSettings
         from .engine import EngineConfig  # the engine loads only when it is needed
 
         v = self.values
@@ -153,6 +170,13 @@ class Config:
             page_cache_bytes=v[("state", "page_cache_bytes")],
             max_apply_lag_bytes=v[("state", "max_apply_lag_bytes")],
             apply_delay_ms=v[("state", "apply_delay_ms")],
+            archive=ArchiveSettings(
+                url=v[("archive", "url")],
+                interval_seconds=v[("archive", "interval_seconds")],
+                max_backlog_bytes=v[("archive", "max_backlog_bytes")],
+                on_backlog_full=v[("archive", "on_backlog_full")],
+                encryption_key_file=v[("archive", "encryption_key_file")],
+            ),
         )
         try:
             cfg.validate()
@@ -258,7 +282,11 @@ def load_config(path: str | None = None, *, env: Mapping[str, str] | None = None
         raise ConfigError("server.log_format must be plain or json")
     if values[("read", "wait_timeout_ms")] < 1:
         raise ConfigError("read.wait_timeout_ms must be at least 1")
-    cfg.engine_config()
+    engine = cfg.engine_config()
+    if engine.archive.encryption_key_file:
+        from .archive import load_key
+
+        load_key(engine.archive.encryption_key_file)  # ConfigError naming what is wrong
     return cfg
 
 

@@ -140,3 +140,51 @@ class DataDirInUse(StemeError):
 
     code = "data_dir_in_use"
     http_status = 503
+
+
+class ArchiveBacklogFull(InsufficientStorage):
+    """``[archive] on_backlog_full = "refuse_writes"``: the WAL kept for an archive that
+    does not take it has reached ``max_backlog_bytes``.  Reads go on."""
+
+    code = "archive_backlog_full"
+
+
+class ArchiveError(StemeError):
+    """An archive (``[archive] url``) could not be read or written.
+
+    ``reason`` is one of :data:`stemedb.archive.FAILURE_REASONS`, the label of
+    ``stemedb_archive_failures_total``; the message carries the target's own error.
+    """
+
+    code = "archive_error"
+    http_status = 502
+
+    def __init__(self, message: str, *, reason: str = "other", hint: str | None = None
+                 ) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
+
+
+class ArchiveObjectConflict(ArchiveError):
+    """An object name the archiver would write already holds other bytes: another
+    history writes to the same place.  Never overwritten."""
+
+    code = "archive_object_conflict"
+    http_status = 409
+
+    def __init__(self, message: str, *, name: str, hint: str | None = None) -> None:
+        super().__init__(message, reason="conflict", hint=hint)
+        self.name = name
+
+
+class ArchiveCorruption(ArchiveError):
+    """An archived object fails its checks (header, checksum, decryption, frames)."""
+
+    code = "archive_corrupt"
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"archived object {name} is damaged: {reason}", reason="verify",
+                         hint=f"compare {name} with the copy on the node, if it still "
+                              "has it; a base backup taken after it does not need it")
+        self.name = name
+        self.detail = reason

@@ -126,3 +126,28 @@ client_backoff_seconds_initial = 0.1  # first wait before a retry; doubles each 
 client_backoff_seconds_max = 2.0  # cap on one wait (and on a server's Retry-After)
 client_timeout_seconds_default = 10.0  # per HTTP request
 client_page_iterations_max = 1_000_000  # pages one iterator may fetch (a runaway guard)
+
+# --- archive (stemedb.archive) ----------------------------------------------------
+archive_interval_seconds_default = 1.0  # [archive] interval_seconds: ship at least this often
+archive_interval_seconds_min = 0.01
+archive_interval_seconds_max = 3600.0
+archive_max_backlog_bytes_default = 1 * GiB  # [archive] max_backlog_bytes
+archive_max_backlog_bytes_min = 64 * KiB
+# Plaintext WAL bytes in one archived object (one upload).  An object holds whole
+# records, so the largest record's frame must fit (checked below).
+archive_object_bytes_max = 32 * MiB
+# Tries of one object in one pass (put, then read back); then the pass ends and the
+# next waits out the backoff.  The archiver itself never gives up.
+archive_upload_attempts_max = 3
+archive_backoff_seconds_initial = 0.1  # the first wait after a failed try; doubles
+archive_backoff_seconds_max = 30.0  # the longest wait between two tries
+archive_objects_per_pass_max = 256  # objects one pass uploads before it looks again
+archive_hold_wait_seconds = 10.0  # how long the archiver waits for the writer to move its hold
+archive_connect_timeout_seconds = 5.0  # an S3 connection
+archive_read_timeout_seconds = 30.0  # an S3 request, once connected
+archive_list_keys_max = 1_000_000  # object names one listing may return (a runaway guard)
+archive_drops_kept_max = 32  # "drop" events node.json keeps for the status
+archive_stop_seconds = 10.0  # how long close() waits for the archiver's last pass
+
+assert archive_object_bytes_max >= record_payload_bytes_max + 64, \
+    "an archived object must hold the largest record"

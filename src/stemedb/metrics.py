@@ -47,6 +47,7 @@ from stemedb.limits import fsync_window_samples_max as _FSYNC_WINDOW_SAMPLES_MAX
 from stemedb.limits import fsync_window_seconds as _FSYNC_WINDOW_SECONDS
 
 __all__ = [
+    "ARCHIVE_FAILURE_REASONS",
     "CHECKPOINT_DURATION_BUCKETS_SECONDS",
     "FSYNC_LATENCY_BUCKETS_SECONDS",
     "GROUP_COMMIT_BATCH_BYTES_BUCKETS",
@@ -56,6 +57,22 @@ __all__ = [
     "Metrics",
     "SlidingWindowSummary",
 ]
+
+# Why an archive upload failed: the label of stemedb_archive_failures_total (each series
+# exists at 0 from the start, so rate() sees the first failure).
+ARCHIVE_FAILURE_REASONS: tuple[str, ...] = (
+    "auth",  # credentials refused (expired, revoked, wrong), or no credentials at all
+    "connect",  # the endpoint could not be reached
+    "timeout",  # the endpoint did not answer in time
+    "not_found",  # the bucket or directory is not there
+    "io",  # a file:// archive's file system failed
+    "conflict",  # an object name holds other bytes: another history writes there
+    "verify",  # an object read back differs from what was written, or fails its checks
+    "archive_mismatch",  # the archive holds objects that do not continue this node's WAL
+    "wal_read",  # the local WAL could not be read (or is damaged) before shipping
+    "hold",  # the writer did not move the WAL hold
+    "other",
+)
 
 # --- buckets, each with its unit ------------------------------------------------
 # 50 us (a write-back cache) to 10 s (a dying disk); 0.1 s is the WALFsyncSlow threshold.
@@ -578,6 +595,82 @@ class Metrics:
             "stemedb_wal_hold_last_advance_timestamp_seconds",
             "Unix time a hold's LSN last moved forward, by hold.",
             ["hold"],
+            registry=r,
+        )
+
+        # --- archive: continuous WAL archiving (stemedb.archive) --------------------------
+        self.archive_last_success_timestamp_seconds = Gauge(
+            "stemedb_archive_last_success_timestamp_seconds",
+            "Unix time the archiver last stored a WAL object and read it back verified "
+            "(0 before the first).",
+            registry=r,
+        )
+        self.archive_failures_total = Counter(
+            "stemedb_archive_failures_total",
+            "Failed archive operations (each try of an upload, read-back, listing or hold "
+            "move), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ARCHIVE_FAILURE_REASONS:
+            self.archive_failures_total.labels(reason=reason)
+        self.archive_backlog_bytes = Gauge(
+            "stemedb_archive_backlog_bytes",
+            "Durable WAL bytes not yet in the archive (kept on disk by the archive's hold).",
+            registry=r,
+        )
+        self.archive_lag_seconds = Gauge(
+            "stemedb_archive_lag_seconds",
+            "Age in seconds of the oldest durable WAL record not yet archived; 0 when the "
+            "archive has everything durable (the recovery point a lost disk would cost).",
+            registry=r,
+        )
+        self.archive_max_backlog_bytes = Gauge(
+            "stemedb_archive_max_backlog_bytes",
+            "[archive] max_backlog_bytes: past it on_backlog_full acts.",
+            registry=r,
+        )
+        self.archive_backlog_full = Gauge(
+            "stemedb_archive_backlog_full",
+            "1 while the archive backlog is at or past max_backlog_bytes.",
+            registry=r,
+        )
+        self.archive_lsn = Gauge(
+            "stemedb_archive_lsn",
+            "LSN up to which the current timeline is archived and verified.",
+            registry=r,
+        )
+        self.archive_timeline = Gauge(
+            "stemedb_archive_timeline",
+            "The timeline the archiver writes (it grows when WAL is dropped, or after a "
+            "restore).",
+            registry=r,
+        )
+        self.archive_objects_total = Counter(
+            "stemedb_archive_objects_total",
+            "WAL objects stored in the archive and verified.",
+            registry=r,
+        )
+        self.archive_uploaded_bytes_total = Counter(
+            "stemedb_archive_uploaded_bytes_total",
+            "Bytes of WAL objects (compressed, encrypted when configured) stored in the "
+            "archive.",
+            registry=r,
+        )
+        self.archive_refused_writes_total = Counter(
+            "stemedb_archive_refused_writes_total",
+            "Writes refused with 507 archive_backlog_full (on_backlog_full=refuse_writes).",
+            registry=r,
+        )
+        self.archive_drops_total = Counter(
+            "stemedb_archive_drops_total",
+            "Times WAL was released without being archived and a new timeline began "
+            "(on_backlog_full=drop).",
+            registry=r,
+        )
+        self.archive_dropped_bytes_total = Counter(
+            "stemedb_archive_dropped_bytes_total",
+            "WAL bytes released without being archived (on_backlog_full=drop).",
             registry=r,
         )
 

@@ -1,9 +1,10 @@
 """The ``stemedb`` command line.  Each command is a thin call into the library.
 
 One module per command family: ``_serve`` (serve), ``_wal`` (wal verify / repair /
-dump and the runbook's ``stemedb-wal-verify`` / ``stemedb-wal-repair``), and
-``_doctor`` (doctor).  Modules load only when their command runs, so the runbook's
-weekly ``stemedb-wal-verify`` loop does not pay for importing the HTTP server.
+dump and the runbook's ``stemedb-wal-verify`` / ``stemedb-wal-repair``),
+``_doctor`` (doctor) and ``_backup`` (backup list).  Modules load only when their
+command runs, so the runbook's weekly ``stemedb-wal-verify`` loop does not pay for
+importing the HTTP server.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ _COMMANDS = {
     "serve": ("._serve", "serve"),
     "wal": ("._wal", "wal"),
     "doctor": ("._doctor", "doctor"),
+    "backup": ("._backup", "backup"),
 }
 
 

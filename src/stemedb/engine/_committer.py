@@ -40,6 +40,7 @@ from .. import limits
 from .. import state as st
 from .._loops import Outcome, settle_by_loop
 from ..errors import (
+    ArchiveBacklogFull,
     IdempotencyConflict,
     InsufficientStorage,
     StateApplyFailed,
@@ -178,6 +179,9 @@ class Committer:
         self._disk: DiskUsage | None = None
         self._state_disk: DiskUsage | None = None
         self._disk_checked_mono = 0.0
+        # The archiver's cap (on_backlog_full="refuse_writes"): why writes are refused
+        # now, or None.  Asked before each group, like the disk guard; no I/O.
+        self.archive_refusal: Callable[[], str | None] | None = None
 
     # -- taking requests ----------------------------------------------------------------
     def enqueue(self, request: WriteRequest, loop: asyncio.AbstractEventLoop | None,
@@ -390,6 +394,16 @@ class Committer:
                 hint="free space or grow the filesystem it names (see the disk-full "
                      "runbook); reads keep working")
             out.extend((p, None, err2) for p in batch)
+            return
+        refusal = self.archive_refusal() if self.archive_refusal is not None else None
+        if refusal is not None and batch[0].request.type != RecordType.GENESIS:
+            self.m.archive_refused_writes_total.inc(len(batch))
+            err4 = ArchiveBacklogFull(
+                refusal,
+                hint="fix the archive target (see stemedb_archive_failures_total and the "
+                     "archive section of GET /v1/admin/status); writes resume by "
+                     "themselves as the backlog drains; reads keep working")
+            out.extend((p, None, err4) for p in batch)
             return
         # Record times never go back, even when the clock does: keys expire by them.
         now = self._last_unix = max(self.clock(), self._last_unix)

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from .. import limits
 from .. import state as st
+from ..archive import HOLD_NAME, Archiver, WalSource, load_key, open_target
 from ..backfill import Backfiller
 from ..dirlock import DataDirLock
 from ..errors import (
@@ -118,6 +119,7 @@ class Engine:
         self.view: AdmissionView | None = None
         self._readers: ReaderPool | None = None
         self._backfill: Backfiller | None = None
+        self.archiver: Archiver | None = None
 
     # ------------------------------------------------------------------ recovery --
     def recover(self, progress: Callable[[ReplayProgress], None] | None = None
@@ -182,6 +184,7 @@ class Engine:
                             writer, self.progress)
         report = recovery.run(progress, t0)
         self.progress = recovery.progress
+        self.archiver = self._open_archiver(retention, writer, facts)
         self.read_index.publish_applied(st.applied_end_lsn(conn) or 0)
         view = self.view = AdmissionView.load(conn)
         applier.view = view
@@ -192,6 +195,8 @@ class Engine:
             key_reader=lambda: st.connect(self.db_path, readonly=True,
                                           cache_bytes=limits.state_page_cache_bytes_min))
         committer.background = False  # until start()
+        if self.archiver is not None:
+            committer.archive_refusal = self.archiver.refusal
         retention.sync_wal = committer.sync_for_checkpoint
         applier.on_failure = self._state_failed
         if recovery.needs_genesis:
@@ -206,6 +211,52 @@ class Engine:
         report.end_lsn = writer.end_lsn
         retention.update_gauges()
         return report
+
+    def _open_archiver(self, retention: Retention, writer: WalWriter, facts: NodeFacts
+                       ) -> Archiver | None:
+        """The archiver of ``[archive] url``, its hold in place before any checkpoint
+        can remove WAL it has not shipped.  With archiving off, a hold left by an
+        earlier configuration is released (loudly): it would keep WAL forever."""
+        settings = self.config.archive
+        hold = retention.holds.get(HOLD_NAME)
+        if not settings.enabled:
+            if hold is not None:
+                log.warning("archiving is off ([archive] url is empty): releasing the "
+                            "archive's WAL hold at LSN %d; WAL after it will not be "
+                            "archived", hold)
+                retention.set_hold(HOLD_NAME, -1)
+            return None
+        key = load_key(settings.encryption_key_file) if settings.encryption_key_file \
+            else None
+        target = open_target(settings.url)
+        source = WalSource(self.fs, self.wal_dir)
+        state = dict(facts.archive)
+        first = source.first_lsn()
+        start = max(first if hold is None else hold, int(state.get("timeline_start_lsn", 0)))
+        if not state.get("timeline"):
+            state = {"timeline": 1, "timeline_start_lsn": start}
+            facts.save_archive(state)
+            log.info("archiving to %s begins at LSN %d (timeline 1)", settings.url, start)
+        if hold != start:
+            retention.set_hold(HOLD_NAME, start)
+
+        def move_hold(lsn: int) -> None:
+            self.set_hold(HOLD_NAME, lsn).result(limits.archive_hold_wait_seconds)
+
+        return Archiver(settings, target=target, source=source, metrics=self.m, key=key,
+                        durable_lsn=lambda: writer.synced_end_lsn,
+                        written_lsn=lambda: writer.end_lsn if writer.header else 0,
+                        move_hold=move_hold, save_state=facts.save_archive, state=state,
+                        start_lsn=start, clock=self.clock)
+
+    def archive_now(self) -> int:
+        """One archiver pass on the calling thread (never the event loop): ship what is
+        durable now, verified, and move the hold.  Returns the objects shipped; raises
+        the archive's error.  The archiver's thread does the same every
+        ``[archive] interval_seconds``."""
+        if self.archiver is None:
+            raise InvalidInput("archiving is off: [archive] url is not set")
+        return self.archiver.run_pass()
 
     def lock_data_dir(self) -> None:
         """Take the data directory's lock (:mod:`stemedb.dirlock`), held until
@@ -256,6 +307,8 @@ class Engine:
         self._readers = ReaderPool(lambda: st.connect(self.db_path, readonly=True,
                                                       cache_bytes=cache_bytes),
                                    self.config.reader_threads, limits.read_batch_max)
+        if self._background and self.archiver is not None:
+            self.archiver.start()
         if self._background and self.config.sqlite_backfill:
             w = self.writer
             self._backfill = Backfiller(
@@ -290,6 +343,10 @@ class Engine:
             committer.accepting = False
         if self._backfill is not None:
             self._backfill.stop(timeout_seconds)  # the final checkpoint copies the rest
+        # The archiver's thread stops while the writer can still move its hold; its
+        # last pass comes after the writer's last records.
+        archiver_stopped = self.archiver is None or self.archiver.stop(
+            min(timeout_seconds, limits.archive_stop_seconds))
         stuck = False
         if self._writer_alive():
             assert committer is not None
@@ -304,6 +361,10 @@ class Engine:
         if applier is not None and not stuck and not applier.stop(timeout_seconds):
             stuck = True
             log.error("the applier did not stop within %.1fs", timeout_seconds)
+        if self.archiver is not None and archiver_stopped and not stuck and self.recovered:
+            # The writer's last records are durable, and the hold moves on this thread
+            # now: one more pass ships them when the target answers.
+            self.archiver.final_pass()
         self.closed = True
         if self._readers is not None:
             self._readers.shutdown(timeout_seconds)
@@ -340,6 +401,8 @@ class Engine:
         """Drop the engine as a crash would (the crash simulation): connections
         closed, nothing applied, synced or checkpointed, the lock released."""
         self.closed = True
+        if self.archiver is not None:
+            self.archiver.stop(limits.archive_stop_seconds)
         if self._readers is not None:
             self._readers.shutdown(limits.http_drain_grace_seconds)
         self._release(crashed=True)
@@ -629,8 +692,8 @@ class Engine:
                 "state_free_bytes": sd.free_bytes, "state_size_bytes": sd.size_bytes,
                 "refusing_writes": c is not None and c.refusal() is not None},
             "holds": self.holds(),
-            "archive": {"configured": False,
-                        "note": "no archiver is built yet; holds are the hook it will use"},
+            "archive": self.archiver.status() if self.archiver is not None else {
+                "configured": False, "note": "archiving is off: [archive] url is not set"},
             "applied_records": self.applied_records,
             "accepting_writes": self.accepting and fenced is None,
         }

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +53,10 @@ class NodeFacts:
         self.path = os.path.join(data_dir, NODE_FACTS_NAME)
         self.holds: dict[str, dict[str, float]] = {}
         self.replay_bytes_per_second: float | None = None
+        # The archiver's own facts: its timeline, where it began, WAL it dropped.
+        self.archive: dict[str, Any] = {}
+        # The committer (holds) and the archiver (its timeline) both save the file.
+        self.lock = threading.RLock()
 
     def load(self, conn: sqlite3.Connection) -> None:
         """Read the file; a data directory from before it takes its facts from the
@@ -74,11 +79,25 @@ class NodeFacts:
                       for n, h in (doc.get("holds") or {}).items()}
         r = doc.get("replay_bytes_per_second")
         self.replay_bytes_per_second = float(r) if r else None
+        a = doc.get("archive")
+        self.archive = dict(a) if isinstance(a, dict) else {}
+
+    def save_archive(self, doc: dict[str, Any]) -> None:
+        """Replace the archiver's facts and save (any thread)."""
+        with self.lock:
+            self.archive = dict(doc)
+            self.save()
 
     def save(self) -> None:
-        data = json.dumps({"holds": self.holds,
-                           "replay_bytes_per_second": self.replay_bytes_per_second},
-                          sort_keys=True, indent=1).encode()
+        with self.lock:
+            self._save()
+
+    def _save(self) -> None:
+        doc: dict[str, Any] = {"holds": self.holds,
+                               "replay_bytes_per_second": self.replay_bytes_per_second}
+        if self.archive:
+            doc["archive"] = self.archive
+        data = json.dumps(doc, sort_keys=True, indent=1).encode()
         tmp = self.path + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -228,8 +247,9 @@ class Retention:
         if lsn < 0:
             self.hold_advanced.pop(name, None)
             if self.holds.pop(name, None) is not None:
-                self.facts.holds.pop(name, None)
-                self.facts.save()
+                with self.facts.lock:
+                    self.facts.holds.pop(name, None)
+                    self.facts.save()
                 # A gone hold has no series: a stale lag would page someone forever.
                 for series in (self.m.hold_lsn, self.m.hold_lag_bytes,
                                self.m.hold_last_advance_timestamp_seconds):
@@ -239,8 +259,9 @@ class Retention:
         old = self.holds.get(name)
         now = time.time()
         self.holds[name] = lsn
-        self.facts.holds[name] = {"lsn": lsn, "updated_unix": now}
-        self.facts.save()
+        with self.facts.lock:
+            self.facts.holds[name] = {"lsn": lsn, "updated_unix": now}
+            self.facts.save()
         if old is None or lsn != old:
             self.hold_advanced[name] = now
             self.m.hold_last_advance_timestamp_seconds.labels(hold=name).set(now)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from .. import limits
+from ..archive import ArchiveSettings
 from ..errors import InvalidInput
 from ..model import validate_assertion, validate_batch, validate_vote
 from ..wal import RecordType
@@ -48,6 +49,8 @@ class EngineConfig:
     max_apply_lag_bytes: int = limits.max_apply_lag_bytes_default
     # Drills and tests: the applier sleeps this long before each transaction.
     apply_delay_ms: int = 0
+    # [archive]: continuous WAL archiving (stemedb.archive); off while its url is "".
+    archive: ArchiveSettings = field(default_factory=ArchiveSettings)
 
     def validate(self) -> None:
         if self.fsync not in FSYNC_POLICIES:
@@ -80,6 +83,7 @@ class EngineConfig:
         if not 0 <= self.apply_delay_ms <= limits.apply_delay_ms_max:
             raise InvalidInput(f"state.apply_delay_ms must be between 0 and "
                                f"{limits.apply_delay_ms_max}, got {self.apply_delay_ms}")
+        self.archive.validate()
         if not 1 <= self.reader_threads <= limits.reader_threads_max:
             raise InvalidInput(f"server.reader_threads must be between 1 and "
                                f"{limits.reader_threads_max}, got {self.reader_threads}")

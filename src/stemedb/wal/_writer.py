@@ -55,6 +55,10 @@ class WalWriter:
         self.header: SegmentHeader | None = None
         self.offset = 0  # append offset in the current segment
         self.synced_offset = 0
+        # The end of the fsynced records, as one int that other threads may read (the
+        # archiver); ``synced_lsn`` is the writer thread's, and passes through a
+        # rotation in two steps.  It never goes back.
+        self.synced_end_lsn = 0
         self._attempt_end = 0
         self._plan_header: SegmentHeader | None = None
         self._plan_offset = 0
@@ -74,6 +78,7 @@ class WalWriter:
     def create_first(self, seq: int = 1, base_lsn: int = 0) -> None:
         self._install_new_segment(SegmentHeader(seq, base_lsn, self.segment_size_bytes,
                                                 self._clock_ns()))
+        self.synced_end_lsn = max(self.synced_end_lsn, base_lsn + SEGMENT_HEADER_SIZE)
         self._reset_plan()
 
     def open_tail(self, header: SegmentHeader, end_offset: int) -> None:
@@ -90,6 +95,8 @@ class WalWriter:
         self._file = f
         self.header = header
         self.offset = self.synced_offset = end_offset
+        # What recovery found on disk is the log (it replays it as such).
+        self.synced_end_lsn = max(self.synced_end_lsn, header.base_lsn + end_offset)
         self._reset_plan()
         self._start_prealloc()
 
@@ -173,6 +180,8 @@ class WalWriter:
         except OSError as exc:
             raise WalOpError("fsync", self.segment, exc) from exc
         self.synced_offset = self.offset
+        assert self.header is not None
+        self.synced_end_lsn = self.header.base_lsn + self.offset
 
     def discard_unsynced(self) -> int:
         """Best effort, after a failed write or fsync: zero what was written since the
