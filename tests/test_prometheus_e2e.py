@@ -70,6 +70,22 @@ class Prometheus:
                 time.sleep(0.5)
         raise AssertionError(f"{name} never fired; alerts seen: {seen}")
 
+    def wait_resolved(self, name: str) -> None:
+        """Wait until no alert ``name`` is pending or firing."""
+        deadline = time.monotonic() + ALERT_TIMEOUT_SECONDS
+        seen: list[Any] = []
+        with httpx.Client(timeout=5) as c:
+            while time.monotonic() < deadline:  # bounded by the deadline
+                try:
+                    seen = c.get(self.url + "/api/v1/alerts").json()["data"]["alerts"]
+                except (httpx.TransportError, ValueError, KeyError):
+                    time.sleep(0.5)
+                    continue
+                if not any(a["labels"].get("alertname") == name for a in seen):
+                    return
+                time.sleep(0.5)
+        raise AssertionError(f"{name} never resolved; alerts seen: {seen}")
+
     def wait_scraped(self) -> None:
         """Wait until Prometheus has scraped the target at least once."""
         deadline = time.monotonic() + ALERT_TIMEOUT_SECONDS
@@ -191,6 +207,76 @@ def test_disk_guard_fires_WALDiskNearlyFull_in_real_prometheus(workdir: Path) ->
         if prom is not None:
             prom.stop()
         server.stop()
+
+
+ARCHIVE_CAP_BYTES = 64 * 1024  # the smallest [archive] max_backlog_bytes
+ARCHIVE_WRITES_MAX = 5000  # bounded: ~200 WAL bytes a write reach the cap long before
+
+
+def test_a_broken_archive_fires_ArchiveFailing_holds_the_wal_and_recovers(
+        workdir: Path) -> None:
+    """The seed incident, replayed in minutes: the archive stops taking WAL.  The alert
+    fires on progress, the WAL is held, the cap refuses writes (reads go on); once the
+    archive answers again the backlog drains, writes resume, the alerts resolve, and the
+    archive holds every acknowledged write."""
+    from tests._archive import archived_records
+
+    archive = workdir / "archive"
+    archive.write_bytes(b"not a directory")  # every upload fails (reason io)
+    url = f"file://{archive}"
+    server = ServerProcess(workdir, env={
+        "STEMEDB_ARCHIVE_URL": url, "STEMEDB_ARCHIVE_INTERVAL_SECONDS": "0.05",
+        "STEMEDB_ARCHIVE_MAX_BACKLOG_BYTES": str(ARCHIVE_CAP_BYTES)})
+    server.start()
+    prom = None
+    acked: list[int] = []
+    try:
+        prom = Prometheus(workdir, f"127.0.0.1:{server.port}")
+        prom.wait_scraped()
+        with server.client() as c:
+            refused = None
+            for i in range(ARCHIVE_WRITES_MAX):
+                r = _assert(c, i)
+                if r.status_code == 507:
+                    refused = r.json()["error"]["code"]
+                    break
+                assert r.status_code == 201, r.text
+                acked.append(r.json()["lsn"])
+            assert refused == "archive_backlog_full", f"no refusal after {len(acked)} writes"
+            assert c.get(f"/v1/assertions/{len(acked)}").status_code == 200  # reads go on
+            status = c.get("/v1/admin/status").json()
+            assert status["holds"]["archive"]["lsn"] <= acked[0]  # the WAL is held
+        alert = prom.wait_alert("ArchiveFailing")
+        assert alert["labels"]["severity"] == "critical"
+        assert alert["annotations"]["runbook_url"].endswith("runbooks/ArchiveFailing.md")
+        cap = prom.wait_alert("ArchiveBacklogGrowing", {"tier": "cap"})
+        assert cap["labels"]["severity"] == "critical"
+        with server.client() as c:
+            assert re.search(r'stemedb_archive_failures_total\{reason="io"\} [1-9]',
+                             c.get("/metrics").text)
+
+        archive.unlink()  # the archive answers again
+        archive.mkdir()
+        deadline = time.monotonic() + ALERT_TIMEOUT_SECONDS
+        with server.client() as c:
+            while True:  # bounded by the deadline; the archiver backs off up to 30 s
+                r = _assert(c, ARCHIVE_WRITES_MAX)
+                if r.status_code == 201:
+                    acked.append(r.json()["lsn"])
+                    break
+                assert r.status_code == 507, r.text
+                assert time.monotonic() < deadline, "writes never resumed"
+                time.sleep(0.5)
+        prom.wait_resolved("ArchiveBacklogGrowing")
+        prom.wait_resolved("ArchiveFailing")
+    finally:
+        if prom is not None:
+            prom.stop()
+        server.stop()
+    # Stopped cleanly: the last pass shipped everything; every acknowledged write is there.
+    lsns = {lsn for recs in archived_records(url).values() for lsn, _, _ in recs}
+    missing = [lsn for lsn in acked if lsn not in lsns]
+    assert not missing, f"{len(missing)} acknowledged writes not archived: {missing[:5]}"
 
 
 def _family(name: str) -> str:
