@@ -244,6 +244,9 @@ def test_a_broken_archive_fires_ArchiveFailing_holds_the_wal_and_recovers(
                 acked.append(r.json()["lsn"])
             assert refused == "archive_backlog_full", f"no refusal after {len(acked)} writes"
             assert c.get(f"/v1/assertions/{len(acked)}").status_code == 200  # reads go on
+            ready = c.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["reason"] == "archive_backlog_full"
             status = c.get("/v1/admin/status").json()
             assert status["holds"]["archive"]["lsn"] <= acked[0]  # the WAL is held
         alert = prom.wait_alert("ArchiveFailing")
@@ -267,6 +270,8 @@ def test_a_broken_archive_fires_ArchiveFailing_holds_the_wal_and_recovers(
                 assert r.status_code == 507, r.text
                 assert time.monotonic() < deadline, "writes never resumed"
                 time.sleep(0.5)
+        with server.client() as c:
+            assert c.get("/readyz").status_code == 200
         prom.wait_resolved("ArchiveBacklogGrowing")
         prom.wait_resolved("ArchiveFailing")
     finally:

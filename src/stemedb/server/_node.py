@@ -158,6 +158,9 @@ class Node:
             reason = "state_lagging"
         elif status is not None and (status.get("disk") or {}).get("refusing_writes"):
             reason = "insufficient_storage"
+        elif status is not None and (status.get("archive") or {}).get("refusing_writes"):
+            # [archive] on_backlog_full = "refuse_writes" at its cap: writes get 507.
+            reason = "archive_backlog_full"
         ready = reason is None
         body: dict[str, Any] = {
             "ready": ready, "reason": reason, "phase": progress["phase"],
