@@ -1,4 +1,4 @@
-"""``python -m bench {engine,restart,replay,http,stack,memory} [flags]``: the same as each
+"""``python -m bench {engine,restart,replay,http,stack,memory,archive} [flags]``: the same as each
 module's own ``python -m bench.<name>_bench [flags]``."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import sys
 
 COMMANDS = {"engine": "bench.engine_bench", "restart": "bench.restart_bench",
             "replay": "bench.replay_bench", "http": "bench.http_bench",
-            "stack": "bench.stack_bench", "memory": "bench.memory_bench"}
+            "stack": "bench.stack_bench", "memory": "bench.memory_bench",
+            "archive": "bench.archive_bench"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -194,7 +194,7 @@ class StemeServer:
 
     def __init__(self, root: str, name: str, *, slow_fdatasync_us: int = 0,
                  preload_shim: str | None = None, strace_all_threads: bool = False,
-                 state_root: str | None = None) -> None:
+                 state_root: str | None = None, env: dict[str, str] | None = None) -> None:
         self.root = os.path.join(root, name)
         os.makedirs(self.root, exist_ok=True)
         # With state_root: the data directory (the state database) there, on another
@@ -205,6 +205,7 @@ class StemeServer:
         self.slow_fdatasync_us = slow_fdatasync_us
         self.preload_shim = preload_shim  # delay fdatasync with the shim, not strace
         self.strace_all_threads = strace_all_threads  # -f --seccomp-bpf
+        self.extra_env = dict(env or {})  # e.g. STEMEDB_ARCHIVE_URL and AWS_* (archive_bench)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -226,6 +227,7 @@ class StemeServer:
                    "/dev/null", *cmd]
         env = {k: v for k, v in os.environ.items() if not k.startswith("STEMEDB_")}
         env.update({"STEMEDB_WAL_FSYNC": "always", "STEMEDB_WAL_DISK_RESERVE_BYTES": "0"})
+        env.update(self.extra_env)
         if self.slow_fdatasync_us and self.preload_shim:
             env.update({"LD_PRELOAD": self.preload_shim,
                         "BENCH_FDATASYNC_DELAY_US": str(self.slow_fdatasync_us)})

@@ -1,4 +1,4 @@
-"""Where a durable POST's time goes: the same write through four HTTP stacks.
+"""Where a durable POST's time goes: the same write through six HTTP stacks.
 
 ``POST /v1/assertions`` at ``--clients`` connections (default 64, one request in
 flight each, ``wrk -t2`` with http_bench's Lua script), every write acknowledged after
@@ -6,10 +6,11 @@ fdatasync (``fsync="always"``), measured in one run on the same machine for:
 
 - **stemedb serve**: the product, as http_bench runs it (auth, metrics, idempotency
   keys, readiness, body limits, the writer on the main thread).
-- **aiohttp**, **uvicorn**, **protocol**: one-route servers (``bench/_stacks.py``) that
-  do only the write's own work - parse, validate, ``Engine.submit_async``, a JSON
-  answer - on a bare aiohttp application, a plain ASGI callable on uvicorn (httptools,
-  uvloop), and an ``asyncio.Protocol`` on httptools' parser with no framework at all
+- **aiohttp**, **uvicorn**, **granian**, **granian-rsgi**, **protocol**: one-route
+  servers (``bench/_stacks.py``) that do only the write's own work - parse, validate,
+  ``Engine.submit_async``, a JSON answer - on a bare aiohttp application, a plain ASGI
+  callable on uvicorn (httptools, uvloop) and on granian (embedded), granian's own RSGI
+  interface, and an ``asyncio.Protocol`` on httptools' parser with no framework at all
   (not a shippable server: the floor of Python HTTP on this machine).
 - **PostgreSQL**: pgbench's one-row INSERT (``synchronous_commit=on``), http_bench's
   peer and the target line (``--no-peers`` leaves it out).

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from bench import (
+    archive_bench,
     engine_bench,
     http_bench,
     memory_bench,
@@ -176,3 +177,18 @@ def test_memory_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     out, _ = _run(memory_bench.main, args, tmp_path, capsys)
     assert "stemedb serve RSS under unique writes" in out and "RSS over time" in out
     assert "Targets" in out
+
+
+@pytest.mark.timeout(120)
+def test_archive_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--seconds", "1", "--clients", "4", "--rounds", "1"]
+    out, doc = _run(archive_bench.main, args, tmp_path, capsys)
+    assert "POST /v1/assertions at 4 clients" in out
+    (rows,) = doc["tables"].values()
+    assert [r["mode"] for r in rows] == list(archive_bench.MODES)
+    assert all(r["per_s"] > 0 and r["errors"] == 0 for r in rows), rows
+    # The archived modes really archived, and caught up, with no failure.
+    for r in rows[1:]:
+        assert r["lag_p99_s"] >= 0 and r["catch_up_s"] >= 0, r
+        assert r["archive_failures"] == 0, r
+    assert len(doc["targets"]) == 2
