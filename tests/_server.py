@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -47,7 +48,7 @@ def server_env(**extra: str) -> dict[str, str]:
 class ServerProcess:
     def __init__(self, workdir: Path, *, config_toml: str = "", args: tuple[str, ...] = (),
                  env: dict[str, str] | None = None, host: str = "127.0.0.1",
-                 data_dir: Path | None = None) -> None:
+                 data_dir: Path | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.workdir = workdir
         self.data_dir = data_dir or workdir / "data"
         self.config_path = workdir / "api.toml"
@@ -57,13 +58,14 @@ class ServerProcess:
         self.port = free_port()
         self.args = args
         self.env = server_env(**(env or {}))
+        self.tls = tls  # the client side of a server started with [server] tls_*
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
 
     @property
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "127.0.0.1") else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     def start(self, *, wait: str | None = "ready") -> ServerProcess:
         """Start; then wait until it serves (``"healthy"``), is ready, or not at all."""
@@ -78,7 +80,7 @@ class ServerProcess:
 
     def wait_for(self, path: str, timeout_seconds: float = START_TIMEOUT_SECONDS) -> None:
         deadline = time.monotonic() + timeout_seconds
-        with httpx.Client(timeout=2.0) as c:
+        with httpx.Client(timeout=2.0, verify=self.tls or True) as c:
             while time.monotonic() < deadline:  # bounded by the deadline
                 assert self.proc is not None
                 if self.proc.poll() is not None:
@@ -92,6 +94,8 @@ class ServerProcess:
 
     def client(self, **kw: Any) -> httpx.Client:
         kw.setdefault("timeout", 10.0)
+        if self.tls is not None:
+            kw.setdefault("verify", self.tls)
         return httpx.Client(base_url=self.url, **kw)
 
     def log(self) -> str:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -88,6 +89,7 @@ __all__ = [
     "Votes",
     "WalFsyncFailed",
     "assert_op",
+    "tls_context",
     "vote_op",
 ]
 
@@ -494,6 +496,24 @@ class _Base:
         return None, resp
 
 
+def tls_context(ca_file: str | None = None, *, cert_file: str | None = None,
+                key_file: str | None = None) -> ssl.SSLContext:
+    """A client TLS context for an ``https://`` server: trust ``ca_file`` (the system's
+    CAs when None) and, for a server with ``[server] tls_client_ca_file``, present
+    ``cert_file``/``key_file``.  Pass it as ``Client(url, tls=...)``.
+
+    Example::
+
+        ctx = tls_context("/etc/stemedb/ca.pem")
+        with Client("https://db1:18180", token, tls=ctx) as db:
+            db.ready()
+    """
+    ctx = ssl.create_default_context(cafile=ca_file)
+    if cert_file is not None:
+        ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
 class Client(_Base):
     """Synchronous client.  Use as a context manager, or call :meth:`close`."""
 
@@ -503,11 +523,13 @@ class Client(_Base):
                  backoff_seconds_initial: float = limits.client_backoff_seconds_initial,
                  backoff_seconds_max: float = limits.client_backoff_seconds_max,
                  transport: httpx.BaseTransport | None = None,
+                 tls: ssl.SSLContext | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         super().__init__(base_url, token, timeout, retries_max, backoff_seconds_initial,
                          backoff_seconds_max)
         self._http = httpx.Client(base_url=self.base_url, headers=self._headers,
-                                  timeout=timeout, transport=transport)
+                                  timeout=timeout, transport=transport,
+                                  verify=tls if tls is not None else True)
         self._sleep = sleep
 
     def __enter__(self) -> Client:
@@ -651,11 +673,13 @@ class AsyncClient(_Base):
                  retries_max: int = limits.client_retries_max,
                  backoff_seconds_initial: float = limits.client_backoff_seconds_initial,
                  backoff_seconds_max: float = limits.client_backoff_seconds_max,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         super().__init__(base_url, token, timeout, retries_max, backoff_seconds_initial,
                          backoff_seconds_max)
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=self._headers,
-                                       timeout=timeout, transport=transport)
+                                       timeout=timeout, transport=transport,
+                                       verify=tls if tls is not None else True)
 
     async def __aenter__(self) -> AsyncClient:
         return self

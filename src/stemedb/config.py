@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -93,6 +94,11 @@ SCHEMA: dict[tuple[str, str], tuple[type, Any]] = {
     ("server", "drain_grace_seconds"): (float, limits.http_drain_grace_seconds),
     ("server", "insecure_allow_unauthenticated"): (bool, False),
     ("server", "reader_threads"): (int, limits.reader_threads),
+    # TLS: a PEM certificate chain and its key serve HTTPS; with a client CA, every
+    # client (and replica) must present a certificate it signed.  Empty: plain HTTP.
+    ("server", "tls_cert_file"): (str, ""),
+    ("server", "tls_key_file"): (str, ""),
+    ("server", "tls_client_ca_file"): (str, ""),
     ("wal", "dir"): (str, ""),
     ("wal", "fsync"): (str, "always"),
     ("wal", "fsync_interval_ms"): (int, limits.fsync_interval_ms_default),
@@ -141,6 +147,41 @@ class Config:
     @property
     def data_dir(self) -> str:
         return str(self.values[("", "data_dir")])
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context from ``[server] tls_*``, or None for plain HTTP.
+
+        Loaded (and so checked) when the configuration is: a missing or unreadable
+        file, a key that does not match its certificate, or one of the pair without the
+        other is a ConfigError at start, never a failure on the first connection.
+        """
+        cert = self.values[("server", "tls_cert_file")]
+        key = self.values[("server", "tls_key_file")]
+        client_ca = self.values[("server", "tls_client_ca_file")]
+        if not cert and not key:
+            if client_ca:
+                raise ConfigError("server.tls_client_ca_file needs server.tls_cert_file "
+                                  "and server.tls_key_file (client certificates are "
+                                  "asked for over TLS only)")
+            return None
+        if not cert or not key:
+            raise ConfigError("server.tls_cert_file and server.tls_key_file go together: "
+                              "set both (or neither, for plain HTTP)")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load server.tls_cert_file {cert} with "
+                              f"server.tls_key_file {key}: {exc}") from exc
+        if client_ca:
+            try:
+                ctx.load_verify_locations(cafile=client_ca)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"cannot load server.tls_client_ca_file {client_ca}: "
+                                  f"{exc}") from exc
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
 
     @property
     def listen(self) -> tuple[str, int]:
@@ -282,6 +323,7 @@ def load_config(path: str | None = None, *, env: Mapping[str, str] | None = None
         raise ConfigError("server.log_format must be plain or json")
     if values[("read", "wait_timeout_ms")] < 1:
         raise ConfigError("read.wait_timeout_ms must be at least 1")
+    cfg.tls_context()  # ConfigError naming the file or the mismatch
     engine = cfg.engine_config()
     if engine.archive.encryption_key_file:
         from .archive import load_key

@@ -18,6 +18,10 @@ sees:
 - **Malformed requests answered in the API's error shape** (400 ``malformed_request``,
   JSON) and logged as one warning naming the client, without a traceback.
 
+With ``[server] tls_cert_file`` and ``tls_key_file`` it serves HTTPS (TLS 1.2 or newer,
+Python's server defaults); with ``tls_client_ca_file`` too, a client must present a
+certificate that CA signed (replicas will).
+
 The listener never installs signal handlers (the process's own lifecycle in
 :mod:`._run` owns SIGTERM and SIGINT), never configures logging, and serves on a
 socket that :mod:`._run` bound itself, so that a port in use is refused before
@@ -31,7 +35,9 @@ import contextlib
 import logging
 import math
 import socket
+import ssl
 from collections.abc import Generator
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
@@ -131,16 +137,32 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """``[server] tls_*``: PEM files, checked when the configuration was loaded."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str = ""
+
+
 class Listener:
     """Serves an ASGI application on a bound socket until :meth:`stop`."""
 
-    def __init__(self, app: Any, sock: socket.socket, *, grace_seconds: float) -> None:
+    def __init__(self, app: Any, sock: socket.socket, *, grace_seconds: float,
+                 tls: TlsFiles | None = None) -> None:
+        tls_options: dict[str, Any] = {}
+        if tls is not None:
+            tls_options = {"ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file}
+            if tls.client_ca_file:
+                tls_options.update(ssl_ca_certs=tls.client_ca_file,
+                                   ssl_cert_reqs=ssl.CERT_REQUIRED)
         config = uvicorn.Config(
             app, interface="asgi3", http=BoundedHttpProtocol, lifespan="off",
             log_config=None, access_log=False, server_header=False, proxy_headers=False,
             timeout_keep_alive=limits.http_keepalive_idle_seconds,
             timeout_graceful_shutdown=max(1, math.ceil(grace_seconds)),  # whole seconds
-            backlog=limits.http_startup_listen_backlog)
+            backlog=limits.http_startup_listen_backlog, **tls_options)
         self._server = _Server(config)
         self._sock = sock
         self._task: asyncio.Task[None] | None = None
@@ -162,4 +184,4 @@ class Listener:
         await self._task
 
 
-__all__ = ["BoundedHttpProtocol", "Listener", "bind"]
+__all__ = ["BoundedHttpProtocol", "Listener", "TlsFiles", "bind"]

@@ -27,7 +27,7 @@ from ..errors import StemeError
 from ..metrics import Metrics
 from ._app import build_app
 from ._auth import check_bind
-from ._listener import Listener, bind
+from ._listener import Listener, TlsFiles, bind
 from ._node import Node
 
 log = logging.getLogger("stemedb.server")
@@ -137,10 +137,13 @@ async def serve(config: Config, *, insecure_allow_unauthenticated: bool = False,
         log.error("cannot listen on %s:%d: %s", host, port, exc.strerror or exc)
         await run(None, node.engine.close)
         return Exit.REFUSED
-    runner = Listener(build_app(node), sock, grace_seconds=node.drain_grace_seconds)
+    cert = str(config.get("server", "tls_cert_file"))
+    tls = TlsFiles(cert, str(config.get("server", "tls_key_file")),
+                   str(config.get("server", "tls_client_ca_file"))) if cert else None
+    runner = Listener(build_app(node), sock, grace_seconds=node.drain_grace_seconds, tls=tls)
     await runner.start()
-    log.info("listening on http://%s:%d (data dir %s); replaying the WAL before taking "
-             "requests", host, port, node.engine.data_dir)
+    log.info("listening on %s://%s:%d (data dir %s); replaying the WAL before taking "
+             "requests", "https" if tls else "http", host, port, node.engine.data_dir)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
