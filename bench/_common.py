@@ -17,6 +17,7 @@ import platform
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,18 @@ def latency_tail_ms(latencies_s: list[float]) -> dict[str, float]:
     """p50 and p99, and p99.9: the tail that a shared disk's other syncs make."""
     return {**latency_summary_ms(latencies_s),
             "p999_ms": percentile(sorted(latencies_s), 99.9) * 1e3}
+
+
+def rounds_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several rounds of one configuration (each a :func:`wrk`-like dict with ``per_s``,
+    ``p50_ms``, ``p99_ms``, ``errors``): the median rate with the slowest and fastest,
+    the latencies of the round nearest the median, and every round's errors summed."""
+    rates = sorted(r["per_s"] for r in runs)
+    median = statistics.median(rates)
+    mid = min(runs, key=lambda r: abs(r["per_s"] - median))
+    return {"runs": len(runs), "per_s": median, "slowest_per_s": rates[0],
+            "fastest_per_s": rates[-1], "p50_ms": mid["p50_ms"], "p99_ms": mid["p99_ms"],
+            "errors": sum(r["errors"] for r in runs)}
 
 
 class Sampler:

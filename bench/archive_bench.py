@@ -43,6 +43,7 @@ from ._common import (
     machine_info,
     percentile,
     print_machine,
+    rounds_summary,
     stop_process_group,
     wait_until_serving,
 )
@@ -191,14 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             s3.stop()
     rows = []
     for mode, rs in runs.items():
-        rates = sorted(r["per_s"] for r in rs)
-        median = statistics.median(rates)
-        mid = min(rs, key=lambda r: abs(r["per_s"] - median))
-        row: dict[str, Any] = {"mode": mode, "clients": args.clients, "runs": len(rs),
-                               "per_s": median, "slowest_per_s": rates[0],
-                               "fastest_per_s": rates[-1], "p50_ms": mid["p50_ms"],
-                               "p99_ms": mid["p99_ms"],
-                               "errors": sum(r["errors"] for r in rs)}
+        row: dict[str, Any] = {"mode": mode, "clients": args.clients,
+                               **rounds_summary(rs)}
         if "lag_p99_s" in rs[0]:
             row.update({
                 "lag_p50_s": statistics.median(r["lag_p50_s"] for r in rs),

@@ -26,7 +26,6 @@ Run: ``python -m bench.stack_bench [--seconds 5] [--clients 64] [--rounds 3]``.
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
 from typing import Any
@@ -41,6 +40,7 @@ from ._common import (
     command_line,
     machine_info,
     print_machine,
+    rounds_summary,
     stop_process_group,
     wait_until_serving,
 )
@@ -139,15 +139,11 @@ def main(argv: list[str] | None = None) -> int:
                 pg.stop()
     rows = []
     for name, rs in runs.items():
-        rates = sorted(r["per_s"] for r in rs)
-        median = statistics.median(rates)
-        mid = min(rs, key=lambda r: abs(r["per_s"] - median))
-        rows.append({"stack": name, "clients": args.clients, "runs": len(rs),
-                     "per_s": median, "slowest_per_s": rates[0], "fastest_per_s": rates[-1],
-                     "p50_ms": mid["p50_ms"], "p99_ms": mid["p99_ms"],
+        summary = rounds_summary(rs)
+        median = summary["per_s"]
+        rows.append({"stack": name, "clients": args.clients, **summary,
                      "us_per_request": 1e6 / median if median else float("nan"),
-                     "x_postgres": median / pg_rate if pg_rate else float("nan"),
-                     "errors": sum(r["errors"] for r in rs)})
+                     "x_postgres": median / pg_rate if pg_rate else float("nan")})
     report.table(f"POST /v1/assertions at {args.clients} clients, fsync=always "
                  f"(median of the rounds)", rows)
     if pg_rate:

@@ -21,6 +21,7 @@ from stemedb.cli import cli
 from stemedb.tools import run_doctor
 from stemedb.tools.doctor import (
     Finding,
+    check_archive,
     check_fsync,
     check_kernel_log,
     check_server,
@@ -68,8 +69,9 @@ def test_healthy_directory(healthy: Path) -> None:
     sev = severities(report.findings)
     assert [f.check for f in report.findings] == [
         "disk_space", "write_test", "mount_options", "fsync_probe", "kernel_log",
-        "wal_verify", "replay_debt", "checkpoint_age", "holds"]
+        "wal_verify", "replay_debt", "checkpoint_age", "holds", "archive"]
     assert sev["disk_space"] in ("ok", "info")  # info: the host disk is over 70% used
+    assert sev.pop("archive") == "info"  # no archive known, and no server to ask
     assert {k: v for k, v in sev.items() if k != "disk_space"} == {
         k: "ok" for k in sev if k != "disk_space"}
     assert report.exit_code == 0
@@ -339,3 +341,40 @@ def test_unreachable_server_is_a_finding(healthy: Path) -> None:
 def test_help_has_an_example() -> None:
     res = CliRunner().invoke(cli, ["doctor", "--help"])
     assert res.exit_code == 0 and "stemedb doctor --data-dir /var/lib/stemedb" in res.output
+
+
+# -- the WAL archive ------------------------------------------------------------------
+
+_LIVE_ARCHIVE = {"configured": True, "url": "s3://b/db1", "timeline": 1,
+                 "archived_lsn": 9000, "durable_lsn": 9400, "backlog_bytes": 400,
+                 "max_backlog_bytes": 1 << 30, "backlog_full": False,
+                 "refusing_writes": False, "lag_seconds": 0.4, "consecutive_failures": 0,
+                 "last_error": None, "drops": []}
+
+
+@pytest.mark.parametrize("change, severity, says", [
+    ({}, "ok", "archive at LSN 9000 of 9400"),
+    ({"consecutive_failures": 3, "last_error": "AccessDenied (HTTP 403)"}, "warning",
+     "last tries failed"),
+    ({"lag_seconds": 600.0, "consecutive_failures": 40}, "critical", "stalled"),
+    ({"backlog_full": True, "refusing_writes": True}, "critical", "writes are refused"),
+    ({"drops": [{"parent_end_lsn": 9000, "start_lsn": 80000, "timeline": 2,
+                 "parent_timeline": 1}]}, "critical", "LSN 9000..80000"),
+    ({"configured": False}, "info", "no WAL archive"),
+], ids=["moving", "failing", "stalled", "cap_refuses", "dropped", "off"])
+def test_archive_findings_from_the_server(tmp_path: Path, change: dict[str, object],
+                                          severity: str, says: str) -> None:
+    f = check_archive(str(tmp_path), {"archive": {**_LIVE_ARCHIVE, **change}})
+    assert f.severity == severity and says in f.summary, f
+    if severity in ("warning", "critical"):
+        assert f.runbook is not None and "runbooks/Archive" in f.runbook
+
+
+def test_dropped_wal_is_critical_offline_too(tmp_path: Path) -> None:
+    """node.json keeps the drops across restarts: doctor without a server still exits 2."""
+    (tmp_path / "node.json").write_text(json.dumps({"holds": {}, "archive": {
+        "timeline": 2, "drops": [{"parent_end_lsn": 100, "start_lsn": 5000}]}}))
+    f = check_archive(str(tmp_path), None)
+    assert f.severity == "critical" and "100..5000" in f.summary
+    (tmp_path / "node.json").write_text(json.dumps({"holds": {}, "archive": {"timeline": 1}}))
+    assert check_archive(str(tmp_path), None).severity == "info"

@@ -42,6 +42,10 @@ RB_FENCED = f"{RUNBOOKS}/WritesFenced.md"
 RB_CHECKPOINT = f"{RUNBOOKS}/CheckpointFailing.md"
 RB_REPLAY_DEBT = f"{RUNBOOKS}/ReplayDebtHigh.md"
 RB_HOLD_STUCK = f"{RUNBOOKS}/HoldStuck.md"
+RB_ARCHIVE_FAILING = f"{RUNBOOKS}/ArchiveFailing.md"
+RB_ARCHIVE_BACKLOG = f"{RUNBOOKS}/ArchiveBacklogGrowing.md"
+# The archive's lag past which doctor calls it stalled: ArchiveFailing's threshold.
+ARCHIVE_LAG_STALLED_SECONDS = 60.0
 
 # Thresholds, each with its unit, mirroring ops/prometheus/stemedb.rules.yml.
 DISK_USED_PERCENT_INFO = 70.0  # WALDiskNearlyFull tiers
@@ -483,6 +487,68 @@ def check_holds(data_dir: str, report: VerifyReport, state: _StateInfo | None,
                    data={"holds": rows})
 
 
+def _archive_facts(data_dir: str) -> dict[str, Any]:
+    """The archiver's facts in ``<data-dir>/node.json`` (empty when none)."""
+    try:
+        with open(os.path.join(data_dir, "node.json"), "rb") as f:
+            doc = json.loads(f.read() or b"{}")
+    except (OSError, ValueError):
+        return {}
+    a = doc.get("archive") if isinstance(doc, dict) else None
+    return a if isinstance(a, dict) else {}
+
+
+def check_archive(data_dir: str, status: dict[str, Any] | None) -> Finding:
+    """The WAL archive: configured, moving, under its cap, and nothing dropped.
+
+    From the live server's status when there is one; else from ``node.json``, which
+    keeps the archiver's timeline and every drop across restarts.  Dropped WAL is
+    critical: the archive cannot restore across it.
+    """
+    live = (status or {}).get("archive") if status is not None else None
+    if isinstance(live, dict) and not live.get("configured", True):
+        return Finding("archive", "info", "no WAL archive ([archive] url is empty): a lost "
+                       "disk loses every write", "see docs/operations/archive.md")
+    facts = live if isinstance(live, dict) else _archive_facts(data_dir)
+    if not facts:
+        return Finding("archive", "info", "no WAL archive known (no server status, no "
+                       "archive facts in node.json)")
+    drops = [d for d in (facts.get("drops") or []) if isinstance(d, dict)]
+    if drops:
+        d = drops[-1]
+        return Finding("archive", "critical",
+                       f"WAL was dropped from the archive ({len(drops)} time(s)): restores "
+                       f"cannot cross LSN {d.get('parent_end_lsn')}..{d.get('start_lsn')}",
+                       "the archive's backlog reached max_backlog_bytes under "
+                       "on_backlog_full = \"drop\"; take a base backup once the archive "
+                       "answers, and keep this disk safe until then",
+                       RB_ARCHIVE_BACKLOG, {"drops": drops})
+    if not isinstance(live, dict):
+        return Finding("archive", "info", f"archive facts from node.json (timeline "
+                       f"{facts.get('timeline')}); start the server, or pass --url, for its "
+                       "progress", data={"archive": facts})
+    data = {k: live.get(k) for k in ("url", "timeline", "archived_lsn", "durable_lsn",
+                                      "backlog_bytes", "max_backlog_bytes", "lag_seconds",
+                                      "consecutive_failures", "last_error")}
+    if live.get("refusing_writes") or live.get("backlog_full"):
+        return Finding("archive", "critical",
+                       "the archive's backlog is at max_backlog_bytes: writes are refused "
+                       "(507 archive_backlog_full)",
+                       f"last error: {live.get('last_error')}", RB_ARCHIVE_BACKLOG, data)
+    lag = float(live.get("lag_seconds") or 0.0)
+    if lag > ARCHIVE_LAG_STALLED_SECONDS:
+        return Finding("archive", "critical",
+                       f"the archive is stalled: the oldest unarchived record is {lag:.0f} s "
+                       "old (a lost disk loses that much)",
+                       f"last error: {live.get('last_error')}", RB_ARCHIVE_FAILING, data)
+    if int(live.get("consecutive_failures") or 0) > 0:
+        return Finding("archive", "warning", "the archive's last tries failed; it retries",
+                       f"last error: {live.get('last_error')}", RB_ARCHIVE_FAILING, data)
+    return Finding("archive", "ok", f"archive at LSN {live.get('archived_lsn')} of "
+                   f"{live.get('durable_lsn')} (lag {lag:.1f} s) to {live.get('url')}",
+                   data=data)
+
+
 # -- the live server -----------------------------------------------------------------
 
 _SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
@@ -666,6 +732,7 @@ def run_doctor(data_dir: str, url: str | None = None, *,
             report.findings.append(check_replay_debt(vr, state, status))
             report.findings.append(check_checkpoint(data_dir, vr, state, status))
             report.findings.append(check_holds(data_dir, vr, state, status))
+    report.findings.append(check_archive(data_dir, status))
     if url is not None and view is not None:
         report.findings.extend(check_server(url, view))
     return report
