@@ -39,6 +39,7 @@ __all__ = [
     "Compare",
     "DeleteRange",
     "EtcdClient",
+    "FaultHook",
     "KeyValue",
     "LeaseGrant",
     "LeaseTimeToLive",

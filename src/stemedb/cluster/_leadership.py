@@ -295,6 +295,10 @@ class Leadership:
     def _tick_locked(self) -> None:
         s = self.session
         now = self.clock()
+        h = self._holding
+        if h is not None and now >= h.deadline_mono > 0.0 and not self._deadline_noted:
+            self._deadline_noted = True  # said once per lapse, even while etcd is away
+            self._event("deadline_passed", h.term, "no confirmed keepalive in time")
         if s.lease_id is None:
             self._drop_holding("no lease")
             s.grant()
@@ -308,9 +312,6 @@ class Leadership:
         if leader is not None:
             self._note_term(leader.term)
         h = self._holding
-        if h is not None and self.clock() >= h.deadline_mono > 0.0 and not self._deadline_noted:
-            self._deadline_noted = True
-            self._event("deadline_passed", h.term, "no confirmed keepalive in time")
         if h is not None:
             if leader is None or leader.term != h.term or leader.lease_id != h.lease_id:
                 self._drop_holding("the leader key is no longer ours")
