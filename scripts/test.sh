@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 # System tools the tests drive for real: promtool and prometheus (alert rules, a real
 # scrape), strace (syscall fault injection), and what the benchmarks' smoke test runs:
 # wrk (HTTP load), redis-benchmark and pgbench (the peers), a C compiler (a small
-# LD_PRELOAD shim that slows fdatasync), valgrind (the replay bench's instruction count).
+# LD_PRELOAD shim that slows fdatasync), valgrind (the replay bench's instruction count),
+# and etcd (the cluster tests run a real one).
 need=()
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
@@ -18,6 +19,7 @@ command -v pgbench >/dev/null 2>&1 || need+=(postgresql)
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need+=(postgresql)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
