@@ -56,6 +56,8 @@ Layout (every key optional; defaults below)::
     on_backlog_full = "refuse_writes"      # 507 archive_backlog_full | "drop": release the
                                            # WAL, start a new timeline, say so loudly
     encryption_key_file = ""               # 32 bytes (raw or 64 hex): AES-256-GCM
+    heartbeat_url = ""                     # GET after passes that archived everything
+    heartbeat_interval_seconds = 60.0      # (a dead man's switch), at most this often
 
     [auth]
     # tokens = [{ name = "ops", token = "...", scopes = ["read", "write", "admin"] }]
@@ -122,6 +124,9 @@ SCHEMA: dict[tuple[str, str], tuple[type, Any]] = {
     ("archive", "max_backlog_bytes"): (int, limits.archive_max_backlog_bytes_default),
     ("archive", "on_backlog_full"): (str, "refuse_writes"),
     ("archive", "encryption_key_file"): (str, ""),
+    ("archive", "heartbeat_url"): (str, ""),
+    ("archive", "heartbeat_interval_seconds"): (
+        float, limits.archive_heartbeat_interval_seconds_default),
     ("auth", "tokens"): (list, []),
 }
 SECRET_KEYS = {("auth", "tokens")}
@@ -217,6 +222,8 @@ class Config:
                 max_backlog_bytes=v[("archive", "max_backlog_bytes")],
                 on_backlog_full=v[("archive", "on_backlog_full")],
                 encryption_key_file=v[("archive", "encryption_key_file")],
+                heartbeat_url=v[("archive", "heartbeat_url")],
+                heartbeat_interval_seconds=v[("archive", "heartbeat_interval_seconds")],
             ),
         )
         try:

@@ -129,6 +129,9 @@ client_page_iterations_max = 1_000_000  # pages one iterator may fetch (a runawa
 
 # --- archive (stemedb.archive) ----------------------------------------------------
 archive_interval_seconds_default = 1.0  # [archive] interval_seconds: ship at least this often
+archive_heartbeat_interval_seconds_default = 60.0  # [archive] heartbeat_interval_seconds
+archive_heartbeat_interval_seconds_min = 1.0
+archive_heartbeat_timeout_seconds = 5.0  # one heartbeat GET, connect and answer
 archive_interval_seconds_min = 0.01
 archive_interval_seconds_max = 3600.0
 archive_max_backlog_bytes_default = 1 * GiB  # [archive] max_backlog_bytes

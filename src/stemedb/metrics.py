@@ -673,6 +673,16 @@ class Metrics:
             "WAL bytes released without being archived (on_backlog_full=drop).",
             registry=r,
         )
+        self.archive_heartbeat_last_success_timestamp_seconds = Gauge(
+            "stemedb_archive_heartbeat_last_success_timestamp_seconds",
+            "Unix time [archive] heartbeat_url last answered 2xx (0: never, or none set).",
+            registry=r,
+        )
+        self.archive_heartbeat_failures_total = Counter(
+            "stemedb_archive_heartbeat_failures_total",
+            "Heartbeat requests to [archive] heartbeat_url that failed or were not 2xx.",
+            registry=r,
+        )
 
         # --- HTTP ----------------------------------------------------------------------
         self.http_requests_total = Counter(

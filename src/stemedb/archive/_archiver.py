@@ -35,6 +35,7 @@ from ..errors import ArchiveError, ArchiveObjectConflict, StemeError
 from ..metrics import ARCHIVE_FAILURE_REASONS, Metrics
 from ._cipher import ArchiveKey
 from ._format import ObjectFault, ObjectHeader, pack_object
+from ._heartbeat import Heartbeat
 from ._naming import WalObjectName, timeline_history_name
 from ._reader import ArchiveReader, verify_object
 from ._settings import ArchiveSettings
@@ -89,6 +90,9 @@ class Archiver:
         self._reconciled = False
         self._caught_up_unix = clock()
         self._oldest: tuple[int, float | None] | None = None  # (lsn, its record time)
+        self.heartbeat = (Heartbeat(settings.heartbeat_url,
+                                    settings.heartbeat_interval_seconds, metrics)
+                          if settings.heartbeat_url else None)
         self._pass_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -225,6 +229,8 @@ class Archiver:
             self._hold(chunk.end_lsn)
         if self.lsn >= durable:
             self._caught_up_unix = self.clock()
+            if self.heartbeat is not None:  # everything durable is archived: say so
+                self.heartbeat.beat()
         if self.consecutive_failures:
             log.info("archive %s works again: timeline %d is archived up to LSN %d",
                      self.target.url, self.timeline, self.lsn)
@@ -430,6 +436,9 @@ class Archiver:
             "last_error_reason": self.last_error_reason,
             "last_error_unix": self.last_error_unix,
             "drops": drops,
+            "heartbeat": None if self.heartbeat is None else {
+                "last_success_unix": self.heartbeat.last_success_unix,
+                "last_error": self.heartbeat.last_error},
         }
         if drops:
             d = drops[-1]

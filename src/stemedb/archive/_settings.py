@@ -25,6 +25,8 @@ class ArchiveSettings:
     max_backlog_bytes: int = limits.archive_max_backlog_bytes_default
     on_backlog_full: str = "refuse_writes"
     encryption_key_file: str = ""
+    heartbeat_url: str = ""  # GET after caught-up passes: a dead man's switch
+    heartbeat_interval_seconds: float = limits.archive_heartbeat_interval_seconds_default
     object_bytes_max: int = limits.archive_object_bytes_max
     upload_attempts_max: int = limits.archive_upload_attempts_max
     backoff_seconds_initial: float = limits.archive_backoff_seconds_initial
@@ -51,6 +53,14 @@ class ArchiveSettings:
             raise InvalidInput(
                 f"archive.on_backlog_full must be one of {', '.join(BACKLOG_POLICIES)}, "
                 f"got {self.on_backlog_full!r}")
+        if self.heartbeat_url and not self.url:
+            raise InvalidInput("archive.heartbeat_url needs archive.url: it reports the "
+                              "archive's progress")
+        if self.heartbeat_url and not self.heartbeat_url.startswith(("http://", "https://")):
+            raise InvalidInput("archive.heartbeat_url must be an http:// or https:// URL")
+        if self.heartbeat_interval_seconds < limits.archive_heartbeat_interval_seconds_min:
+            raise InvalidInput("archive.heartbeat_interval_seconds must be at least "
+                              f"{limits.archive_heartbeat_interval_seconds_min:g}")
         if self.encryption_key_file and not self.url:
             raise InvalidInput("archive.encryption_key_file is set but archive.url is not")
         min_object = limits.record_payload_bytes_max + 64
