@@ -57,6 +57,12 @@ Layout (every key optional; defaults below)::
                                            # WAL, start a new timeline, say so loudly
     encryption_key_file = ""               # 32 bytes (raw or 64 hex): AES-256-GCM
 
+    [backup]                               # base backups and drills (need archive.url)
+    interval_hours = 24.0                  # a base backup this often; 0 = on request only
+    drill_interval_hours = 24.0            # a restore drill this often; 0 = never
+    retain_count = 7                       # expire keeps the newest 7 backups, and
+    retain_days = 7.0                      # every backup younger than 7 days
+
     [auth]
     # tokens = [{ name = "ops", token = "...", scopes = ["read", "write", "admin"] }]
 
@@ -116,6 +122,10 @@ SCHEMA: dict[tuple[str, str], tuple[type, Any]] = {
     ("archive", "max_backlog_bytes"): (int, limits.archive_max_backlog_bytes_default),
     ("archive", "on_backlog_full"): (str, "refuse_writes"),
     ("archive", "encryption_key_file"): (str, ""),
+    ("backup", "interval_hours"): (float, limits.backup_interval_hours_default),
+    ("backup", "drill_interval_hours"): (float, limits.backup_drill_interval_hours_default),
+    ("backup", "retain_count"): (int, limits.backup_retain_count_default),
+    ("backup", "retain_days"): (float, limits.backup_retain_days_default),
     ("auth", "tokens"): (list, []),
 }
 SECRET_KEYS = {("auth", "tokens")}
@@ -148,6 +158,7 @@ class Config:
 
     def engine_config(self) -> EngineConfig:
         from .archive import ArchiveSettings
+        from .backup import BackupSettings
         from .engine import EngineConfig  # the engine loads only when it is needed
 
         v = self.values
@@ -176,6 +187,12 @@ class Config:
                 max_backlog_bytes=v[("archive", "max_backlog_bytes")],
                 on_backlog_full=v[("archive", "on_backlog_full")],
                 encryption_key_file=v[("archive", "encryption_key_file")],
+            ),
+            backup=BackupSettings(
+                interval_hours=v[("backup", "interval_hours")],
+                drill_interval_hours=v[("backup", "drill_interval_hours")],
+                retain_count=v[("backup", "retain_count")],
+                retain_days=v[("backup", "retain_days")],
             ),
         )
         try:

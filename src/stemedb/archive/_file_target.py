@@ -120,6 +120,19 @@ class FileTarget:
             raise self._fail(f"list {prefix}", exc) from exc
         return [f"{prefix}{e}/" for e in entries]
 
+    def delete(self, name: str) -> None:
+        path = self._path(name)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise self._fail(f"delete {name}", exc) from exc
+        try:
+            _fsync_dir(os.path.dirname(path))
+        except OSError as exc:
+            raise self._fail(f"delete {name}", exc) from exc
+
     def close(self) -> None:
         pass
 
