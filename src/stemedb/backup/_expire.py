@@ -65,7 +65,7 @@ def expire(target: Target, settings: BackupSettings, *, dry_run: bool = False,
     report.expired = [b.id for b in gone]
     reader = ArchiveReader(target)
     history = read_history(reader, [b.timeline for b in backups])
-    newest = max(history.timelines)
+    newest = history.newest()
     # The lowest LSN a kept backup replays from, per timeline its path crosses.
     need_from: dict[int, int] = {}
     cache: dict[int, Any] = {}

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 from .. import limits
 from ..archive import ArchiveReader, Gap, WalObjectName
+from ..archive._naming import WAL_PREFIX, parse_timeline_dir
 from ._manifest import Manifest
 
 
@@ -77,6 +78,14 @@ class History:
 
     timelines: list[int]
     parents: dict[int, dict[str, Any]]  # timeline -> its history document
+    # Timelines that hold a WAL object or a base backup.  A restore claims its
+    # timeline (the history object) before the restored node writes anything there;
+    # until it does, that timeline is no one's newest, so trying several targets one
+    # after the other always starts from the same history.
+    with_data: set[int] = field(default_factory=set)
+
+    def newest(self) -> int:
+        return max(self.with_data or self.timelines or [1])
 
     def ancestry(self, timeline: int) -> list[int]:
         """``timeline`` and its ancestors, newest first."""
@@ -94,7 +103,7 @@ class History:
     def newest_descending_from(self, timeline: int) -> int:
         """The newest timeline whose ancestry holds ``timeline``."""
         best = timeline
-        for t in self.timelines:
+        for t in self.with_data:
             if t > best and timeline in self.ancestry(t):
                 best = t
         return best
@@ -122,13 +131,15 @@ class History:
 
 def read_history(reader: ArchiveReader, extra_timelines: list[int]) -> History:
     timelines = sorted(set(reader.timelines()) | set(extra_timelines))
+    with_data = {t for t in (parse_timeline_dir(d) for d in reader.target.children(WAL_PREFIX))
+                 if t is not None} | set(extra_timelines)
     parents: dict[int, dict[str, Any]] = {}
     for t in timelines:
         if t > 1:
             doc = reader.history(t)
             if doc is not None and "parent_end_lsn" in doc and "parent_timeline" in doc:
                 parents[t] = doc
-    return History(timelines, parents)
+    return History(timelines, parents, with_data)
 
 
 def path_plans(reader: ArchiveReader, history: History, backup: Manifest, newest: int,

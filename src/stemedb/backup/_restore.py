@@ -185,7 +185,7 @@ def choose(target: Target, reader: ArchiveReader, to: RestoreTarget,
         raise InvalidInput(f"{target.url} holds no base backup and no WAL",
                            hint="check the URL; a server takes its first base backup as "
                                 "soon as its archive answers")
-    newest = max(history.timelines)
+    newest = history.newest()
     on_line = [b for b in catalog.backups
                if history.legs(b, newest) is not None and to.admits(b)]
     if not on_line:

@@ -125,7 +125,7 @@ def _check_backup(target: Target, key: ArchiveKey | None, m: Manifest,
 
 def _check_chains(reader: ArchiveReader, history: History, backups: list[Manifest],
                   one: bool, objects: dict[int, list[Any]], report: VerifyReport) -> None:
-    newest = max(history.timelines) if history.timelines else backups[-1].timeline
+    newest = history.newest()
     if one:
         newest = history.newest_descending_from(backups[0].timeline)
     on_line = [b for b in backups if history.legs(b, newest) is not None]
