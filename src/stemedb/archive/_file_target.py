@@ -132,6 +132,15 @@ class FileTarget:
             _fsync_dir(os.path.dirname(path))
         except OSError as exc:
             raise self._fail(f"delete {name}", exc) from exc
+        # Directories left empty go too (a store of keys has none to leave behind).
+        d = os.path.dirname(path)
+        root = os.path.abspath(self.root)
+        while os.path.abspath(d) != root and d.startswith(root):  # bounded by the depth
+            try:
+                os.rmdir(d)
+            except OSError:
+                break  # not empty (or already gone): it stays
+            d = os.path.dirname(d)
 
     def close(self) -> None:
         pass

@@ -314,6 +314,9 @@ def _replay(reader: ArchiveReader, conn: Any, plans: list[LegPlan], to: RestoreT
         end = plan.leg.end_lsn
         report.timeline_from = plan.leg.timeline  # the line the restored state is on
         for obj in plan.objects:
+            if to.lsn is not None and obj.start_lsn >= to.lsn:
+                flush()
+                return True  # never download what the target does not need
             wal = reader.fetch(obj)  # ArchiveCorruption names the object
             report.objects += 1
             for lsn, rtype, payload in wal.records():
