@@ -17,10 +17,14 @@ from tests._archive import SEGMENT_BYTES, archive_settings, caught_up, engine, w
 
 
 def backup_engine(data_dir: Path, url: str, **kw: Any) -> Engine:
-    """An engine archiving to ``url``; no scheduled drill (tests ask for one)."""
+    """An engine archiving to ``url``, its timeline's first base backup taken (it is
+    due at start); no scheduled drill (tests ask for one)."""
     backup = BackupSettings(interval_hours=0, drill_interval_hours=0,
                             retry_seconds_initial=0.05, retry_seconds_max=0.2)
-    return engine(data_dir, archive_settings(url), backup=backup, **kw)
+    eng = engine(data_dir, archive_settings(url), backup=backup, **kw)
+    wait_for("the timeline's first base backup",
+             lambda: eng.status()["backup"]["last_backup"] is not None)
+    return eng
 
 
 def settle(eng: Engine) -> None:
