@@ -82,6 +82,21 @@ def test_backups_taken_while_writes_flow_restore_to_the_live_state(tmp_path: Pat
         res = restore_cli(url, d / "from-first", "--backup", manifests[0].id)
         assert res.exit_code == 0, res.output
         assert dump_dir(d / "from-first") == live
+        # The restored node continues the LSNs, and restarts (recovery finds its WAL).
+        end = doc["end_lsn"]
+        assert end > 2 * SEGMENT_BYTES  # past the first segments of the old node
+        for round_ in range(2):
+            eng = backup_engine(d / "restored", url)
+            try:
+                res2 = eng.write(assertion("after-restore"))
+                assert res2.lsn == end if round_ == 0 else res2.lsn >= end
+                assert res2.body["id"] == len(acked) + 2 + round_
+                end = res2.lsn + 1
+                assert eng.status()["archive"]["timeline"] == doc["timeline"]
+            finally:
+                eng.close()
+        assert [r[1] for r in dump_dir(d / "restored")["assertions"][-2:]] == [
+            "after-restore", "after-restore"]
 
 
 def test_point_in_time_targets_time_lsn_and_epoch(tmp_path: Path) -> None:
