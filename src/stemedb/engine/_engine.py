@@ -28,6 +28,7 @@ from ..backfill import Backfiller
 from ..backup import BackupScheduler, DrillReport, Manifest, StateFacts, state_facts
 from ..dirlock import DataDirLock
 from ..errors import (
+    ArchiveNotConfigured,
     Closed,
     CorruptionError,
     InvalidInput,
@@ -275,14 +276,17 @@ class Engine:
         """A base backup now, on the engine's backup thread: a future of its manifest
         (id, timeline, LSN).  Raises InvalidInput when archiving is off."""
         if self.backups is None:
-            raise InvalidInput("base backups need an archive: [archive] url is not set")
+            raise ArchiveNotConfigured("base backups need an archive: [archive] url is not set",
+                                       hint="set [archive] url (file:///path or "
+                                            "s3://bucket/prefix) and restart")
         fut: cf.Future[Manifest] = self.backups.request("backup")
         return fut
 
     def drill_now(self) -> cf.Future[DrillReport]:
         """A restore drill now, on the engine's backup thread."""
         if self.backups is None:
-            raise InvalidInput("restore drills need an archive: [archive] url is not set")
+            raise ArchiveNotConfigured("restore drills need an archive: [archive] url is not "
+                                       "set")
         fut: cf.Future[DrillReport] = self.backups.request("drill")
         return fut
 

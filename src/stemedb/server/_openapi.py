@@ -459,6 +459,7 @@ def openapi_document(*, auth_enabled: bool, body_bytes_max: int = limits.http_bo
             "post": _op("adminBackup", "Take a base backup now (needs [archive] url); "
                         "answers when it is stored, with its id and LSN",
                         {201: _ok(201, "BackupResult", "stored and read back"), 400: 400,
+                         # 409: archive_not_configured, or archive_object_conflict
                          409: 409, 413: 413, 415: 415, 502: 502, 503: 503}, scope="admin",
                         auth=a, body="EmptyInput", body_required=False, tags=["admin"]),
         },
