@@ -143,3 +143,26 @@ def test_expire_keeps_the_wal_kept_backups_need(tmp_path: Path) -> None:
         # Younger than retain_days: kept whatever the count.
         again = expire(target, BackupSettings(retain_count=1, retain_days=1), dry_run=True)
         assert again.expired == [] and os.path.isdir(d / "archive")
+
+
+def test_the_schedule_takes_backups_and_drills_on_its_own(tmp_path: Path) -> None:
+    from tests._archive import archive_settings, engine, wait_for
+
+    with scratch("sched", tmp_path) as d:
+        url = f"file://{d}/archive"
+        every = 0.5 / 3600  # half a second, in hours
+        (d / "db" / "backup.tmp" / "drill-left-by-a-crash").mkdir(parents=True)
+        eng = engine(d / "db", archive_settings(url),
+                     backup=BackupSettings(interval_hours=every, drill_interval_hours=every))
+        try:
+            for i in range(10):
+                eng.write(assertion(f"s{i}"))
+            wait_for("three scheduled backups",
+                     lambda: len(read_catalog(open_target(url)).backups) >= 3)
+            wait_for("a scheduled drill that passed", lambda: metric(eng, VERIFIED) > 0)
+            st = eng.status()["backup"]
+            assert st["last_drill"]["passed"] and metric(eng, FAILURES) == 0
+            assert metric(eng, "stemedb_restore_drills_total") >= 1
+            assert not (d / "db" / "backup.tmp" / "drill-left-by-a-crash").exists()
+        finally:
+            eng.close()

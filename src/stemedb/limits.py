@@ -168,6 +168,7 @@ backup_retry_seconds_initial = 1.0
 backup_retry_seconds_max = 300.0
 backup_wait_applied_seconds = 30.0  # a backup waits this long for the applier to reach
                                     # the archive timeline's start
+backup_poll_seconds = 1.0  # how often the backup thread looks whether something is due
 backup_stop_seconds = 10.0  # how long close() waits for a backup or drill in progress
 backup_timelines_max = 10_000  # history links a restore follows (a runaway guard)
 restore_timeline_claims_max = 100  # timeline numbers a restore tries to claim in a row

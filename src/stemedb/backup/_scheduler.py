@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +34,6 @@ from ._take import SCRATCH_NAME, take_base_backup
 
 log = logging.getLogger("stemedb.backup")
 HOUR_SECONDS = 3600.0
-POLL_SECONDS = 1.0  # how often the thread looks whether something is due
 
 
 class BackupScheduler:
@@ -119,6 +119,8 @@ class BackupScheduler:
         return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
 
     def _run(self) -> None:
+        # A backup's copy or a drill's restore that a crash interrupted: never reused.
+        shutil.rmtree(self.scratch_dir, ignore_errors=True)
         while not self._stop.is_set():  # bounded by stop()
             try:
                 what, fut = self._requests.get_nowait()
@@ -131,7 +133,7 @@ class BackupScheduler:
                 self._scheduled()
             except Exception:  # logged; the thread goes on
                 log.exception("backup schedule")
-            self._wake.wait(POLL_SECONDS)
+            self._wake.wait(limits.backup_poll_seconds)
             self._wake.clear()
 
     def _serve(self, what: str, fut: cf.Future[Any]) -> None:
@@ -156,10 +158,10 @@ class BackupScheduler:
         if now >= self._retry_at and self._backup_due(now):
             with contextlib.suppress(Exception):  # counted, logged, retried by backup_now
                 self.backup_now()
-            return
-        if s.drill_interval_hours > 0 and self.last_backup is not None:
+        # In the same pass: a backup that is always due must not starve the drills.
+        if s.drill_interval_hours > 0 and self.last_backup is not None and not self._stop.is_set():
             last = float((self.last_drill or {}).get("started_unix") or 0)
-            if now - last >= s.drill_interval_hours * HOUR_SECONDS:
+            if self.clock() - last >= s.drill_interval_hours * HOUR_SECONDS:
                 self.drill_now()
 
     def _backup_due(self, now: float) -> bool:
