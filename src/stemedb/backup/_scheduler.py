@@ -26,6 +26,7 @@ from typing import Any
 
 from .. import limits
 from ..archive import Archiver
+from ..errors import Unavailable
 from ..metrics import Metrics
 from ._drill import DrillReport, StateFacts, run_drill
 from ._manifest import Manifest, read_catalog
@@ -85,7 +86,9 @@ class BackupScheduler:
         of its :class:`Manifest` or :class:`DrillReport`."""
         fut: cf.Future[Any] = cf.Future()
         if not self.running:
-            fut.set_exception(RuntimeError("the backup thread is not running"))
+            fut.set_exception(Unavailable("the backup thread is not running (the node is "
+                                          "starting or stopping)",
+                                          code="backup_unavailable"))
             return fut
         self._requests.put((what, fut))
         self._wake.set()
@@ -111,7 +114,7 @@ class BackupScheduler:
                 _, fut = self._requests.get_nowait()
             except queue.Empty:
                 break
-            fut.set_exception(RuntimeError("the server is stopping"))
+            fut.set_exception(Unavailable("the server is stopping", code="stopping"))
         return True
 
     @property
