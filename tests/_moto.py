@@ -88,6 +88,12 @@ def moto_s3_server() -> Iterator[S3Server]:
         assert host == "127.0.0.1"
         endpoint = f"http://{host}:{port}"
         moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = float("inf")
+        # moto keeps its users and buckets in the process: a server started by an
+        # earlier test module would leave them behind.
+        import urllib.request
+
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset",
+                                                      method="POST"), timeout=10).close()
         kw = {"endpoint_url": endpoint, "region_name": REGION,
               "aws_access_key_id": "setup", "aws_secret_access_key": "setup"}
         boto3.client("s3", **kw).create_bucket(Bucket=BUCKET)

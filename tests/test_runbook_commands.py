@@ -386,6 +386,11 @@ def _commands() -> list[tuple[str, object]]:
         ("stemedb wal dump", _wal.wal_dump_command),
         ("stemedb doctor", _doctor.doctor),
         ("stemedb backup list", _backup.backup_list),
+        ("stemedb backup create", _backup.backup_create),
+        ("stemedb backup restore", _backup.backup_restore),
+        ("stemedb backup verify", _backup.backup_verify),
+        ("stemedb backup drill", _backup.backup_drill),
+        ("stemedb backup expire", _backup.backup_expire),
     ]
     return [(name, cmd) for name, cmd in cmds]
 

@@ -256,7 +256,8 @@ def test_missing_features_are_stated_plainly() -> None:
     failover = (RUNBOOKS / "failover-to-replica.md").read_text()
     assert "StemeDB has no replication yet" in failover
     restore = (RUNBOOKS / "restore-from-backup.md").read_text()
-    assert "StemeDB has no base backups and no restore command yet" in restore
+    assert "**Every restore is a base backup plus the archived WAL" in restore
+    assert "stemedb backup restore --from $ARCHIVE --data-dir /var/lib/stemedb" in restore
     for text in (failover, restore):
         assert "systemctl stop stemedb-api" in text
         assert "stemedb wal verify --data-dir /var/lib/stemedb" in text

@@ -59,6 +59,12 @@ Layout (every key optional; defaults below)::
     heartbeat_url = ""                     # GET after passes that archived everything
     heartbeat_interval_seconds = 60.0      # (a dead man's switch), at most this often
 
+    [backup]                               # base backups and drills (need archive.url)
+    interval_hours = 24.0                  # a base backup this often; 0 = on request only
+    drill_interval_hours = 24.0            # a restore drill this often; 0 = never
+    retain_count = 7                       # expire keeps the newest 7 backups, and
+    retain_days = 7.0                      # every backup younger than 7 days
+
     [auth]
     # tokens = [{ name = "ops", token = "...", scopes = ["read", "write", "admin"] }]
 
@@ -127,6 +133,10 @@ SCHEMA: dict[tuple[str, str], tuple[type, Any]] = {
     ("archive", "heartbeat_url"): (str, ""),
     ("archive", "heartbeat_interval_seconds"): (
         float, limits.archive_heartbeat_interval_seconds_default),
+    ("backup", "interval_hours"): (float, limits.backup_interval_hours_default),
+    ("backup", "drill_interval_hours"): (float, limits.backup_drill_interval_hours_default),
+    ("backup", "retain_count"): (int, limits.backup_retain_count_default),
+    ("backup", "retain_days"): (float, limits.backup_retain_days_default),
     ("auth", "tokens"): (list, []),
 }
 SECRET_KEYS = {("auth", "tokens")}
@@ -194,6 +204,7 @@ class Config:
 
     def engine_config(self) -> EngineConfig:
         from .archive import ArchiveSettings
+        from .backup import BackupSettings
         from .engine import EngineConfig  # the engine loads only when it is needed
 
         v = self.values
@@ -224,6 +235,12 @@ class Config:
                 encryption_key_file=v[("archive", "encryption_key_file")],
                 heartbeat_url=v[("archive", "heartbeat_url")],
                 heartbeat_interval_seconds=v[("archive", "heartbeat_interval_seconds")],
+            ),
+            backup=BackupSettings(
+                interval_hours=v[("backup", "interval_hours")],
+                drill_interval_hours=v[("backup", "drill_interval_hours")],
+                retain_count=v[("backup", "retain_count")],
+                retain_days=v[("backup", "retain_days")],
             ),
         )
         try:

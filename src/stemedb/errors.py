@@ -149,6 +149,12 @@ class ArchiveBacklogFull(InsufficientStorage):
     code = "archive_backlog_full"
 
 
+class ArchiveNotConfigured(Conflict):
+    """A base backup or a drill was asked of a node that does not archive."""
+
+    code = "archive_not_configured"
+
+
 class ArchiveError(StemeError):
     """An archive (``[archive] url``) could not be read or written.
 

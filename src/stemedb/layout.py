@@ -21,6 +21,9 @@ import os
 from .errors import ConfigError
 
 WAL_DIR_NAME = "wal"
+# Written first by `stemedb backup restore` and removed last: a data directory that
+# holds it is a restore that did not finish, which no engine opens.
+RESTORE_MARKER_NAME = "RESTORE_INCOMPLETE"
 HOW_TO_MOVE = "docs/operations/README.md, \"The WAL on a disk of its own\""
 
 

@@ -152,5 +152,29 @@ archive_list_keys_max = 1_000_000  # object names one listing may return (a runa
 archive_drops_kept_max = 32  # "drop" events node.json keeps for the status
 archive_stop_seconds = 10.0  # how long close() waits for the archiver's last pass
 
+# --- base backups, restore, drills (stemedb.backup) --------------------------------
+backup_interval_hours_default = 24.0  # [backup] interval_hours: a base backup this often
+backup_drill_interval_hours_default = 24.0  # [backup] drill_interval_hours
+backup_interval_hours_max = 24.0 * 366  # a year: the longest either interval may be
+# [backup] retain_count / retain_days: a backup is expired only when it is past both
+# (beyond the newest retain_count AND older than retain_days), so a schedule that
+# stalls never expires the last good backups.
+backup_retain_count_default = 7
+backup_retain_days_default = 7.0
+backup_part_bytes_max = 32 * MiB  # state file bytes in one uploaded part (one object)
+backup_parts_max = 100_000  # parts of one backup: 3.2 TiB of state at 32 MiB each
+backup_manifest_bytes_max = 16 * MiB  # a manifest larger than this is refused as damaged
+# How long the backup thread waits before it tries again after a failed backup (it
+# doubles up to the max); the first backup of a timeline is retried this way until the
+# archive answers.
+backup_retry_seconds_initial = 1.0
+backup_retry_seconds_max = 300.0
+backup_wait_applied_seconds = 30.0  # a backup waits this long for the applier to reach
+                                    # the archive timeline's start
+backup_poll_seconds = 1.0  # how often the backup thread looks whether something is due
+backup_stop_seconds = 10.0  # how long close() waits for a backup or drill in progress
+backup_timelines_max = 10_000  # history links a restore follows (a runaway guard)
+restore_timeline_claims_max = 100  # timeline numbers a restore tries to claim in a row
+
 assert archive_object_bytes_max >= record_payload_bytes_max + 64, \
     "an archived object must hold the largest record"

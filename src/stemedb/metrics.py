@@ -684,6 +684,50 @@ class Metrics:
             registry=r,
         )
 
+        # --- base backups and restore drills (stemedb.backup) --------------------------
+        self.backup_last_success_timestamp_seconds = Gauge(
+            "stemedb_backup_last_success_timestamp_seconds",
+            "Unix time the last base backup was stored with its manifest, every part read "
+            "back (0: none since the server started and none in the archive).",
+            registry=r,
+        )
+        self.backup_last_verified_timestamp_seconds = Gauge(
+            "stemedb_backup_last_verified_timestamp_seconds",
+            "Unix time the last restore drill passed: a backup restored, the archive "
+            "replayed to its newest record and the result checked (0: never).",
+            registry=r,
+        )
+        self.restore_drill_failures_total = Counter(
+            "stemedb_restore_drill_failures_total",
+            "Restore drills that failed (the restore, the replay or a check).",
+            registry=r,
+        )
+        self.restore_drills_total = Counter(
+            "stemedb_restore_drills_total",
+            "Restore drills run, passed or failed.",
+            registry=r,
+        )
+        self.backup_failures_total = Counter(
+            "stemedb_backup_failures_total",
+            "Base backups that failed (copy, upload or read-back).",
+            registry=r,
+        )
+        self.backup_duration_seconds = Gauge(
+            "stemedb_backup_duration_seconds",
+            "Seconds the last successful base backup took, copy and upload.",
+            registry=r,
+        )
+        self.backup_size_bytes = Gauge(
+            "stemedb_backup_size_bytes",
+            "Bytes of state in the last successful base backup (before compression).",
+            registry=r,
+        )
+        self.backup_lsn = Gauge(
+            "stemedb_backup_lsn",
+            "The LSN the last successful base backup is consistent at.",
+            registry=r,
+        )
+
         # --- HTTP ----------------------------------------------------------------------
         self.http_requests_total = Counter(
             "stemedb_http_requests_total",

@@ -212,9 +212,8 @@ class Archiver:
             self._drop(durable)
         if self.hold_lsn < self.lsn:
             self._hold(self.lsn)
-        pending = self.state.get("history_pending")
-        if isinstance(pending, dict) and int(pending.get("timeline", 0)) == self.timeline:
-            self._put_history(pending, attempts_max)
+        for event in self._pending_histories():  # bounded: archive_drops_kept_max
+            self._put_history(event, attempts_max)
         shipped = 0
         while self.lsn < durable and shipped < limits.archive_objects_per_pass_max:
             try:
@@ -351,7 +350,8 @@ class Archiver:
                            f"{self.last_error or 'none'}"}
         drops = list(self.state.get("drops") or [])[-(limits.archive_drops_kept_max - 1):]
         state = dict(self.state, timeline=old + 1, timeline_start_lsn=durable,
-                     drops=[*drops, event], history_pending=event)
+                     drops=[*drops, event],
+                     history_pending=[*self._pending_histories(), event])
         self._save_state(state)  # first: a crash after it never reuses the old timeline
         self.state = state
         self.timeline, self.lsn = old + 1, durable
@@ -381,9 +381,21 @@ class Archiver:
                                    "was written", reason="verify")
             raise self._conflict(name, "it holds another history of that timeline")
         state = dict(self.state)
-        state.pop("history_pending", None)
+        left = [e for e in self._pending_histories() if e != event]
+        if left:
+            state["history_pending"] = left
+        else:
+            state.pop("history_pending", None)
         self._save_state(state)
         self.state = state
+
+    def _pending_histories(self) -> list[dict[str, Any]]:
+        """History objects not written yet, oldest first: a second drop while the
+        archive is still down must not lose the first one's (a restore follows the
+        chain of histories from the newest timeline back)."""
+        p = self.state.get("history_pending")
+        items = [p] if isinstance(p, dict) else p if isinstance(p, list) else []
+        return [e for e in items if isinstance(e, dict)][-limits.archive_drops_kept_max:]
 
     # -- failures and status ------------------------------------------------------------
     def _failed(self, exc: ArchiveError, *, attempt: int | None = None,

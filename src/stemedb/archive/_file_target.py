@@ -120,6 +120,28 @@ class FileTarget:
             raise self._fail(f"list {prefix}", exc) from exc
         return [f"{prefix}{e}/" for e in entries]
 
+    def delete(self, name: str) -> None:
+        path = self._path(name)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise self._fail(f"delete {name}", exc) from exc
+        try:
+            _fsync_dir(os.path.dirname(path))
+        except OSError as exc:
+            raise self._fail(f"delete {name}", exc) from exc
+        # Directories left empty go too (a store of keys has none to leave behind).
+        d = os.path.dirname(path)
+        root = os.path.abspath(self.root)
+        while os.path.abspath(d) != root and d.startswith(root):  # bounded by the depth
+            try:
+                os.rmdir(d)
+            except OSError:
+                break  # not empty (or already gone): it stays
+            d = os.path.dirname(d)
+
     def close(self) -> None:
         pass
 

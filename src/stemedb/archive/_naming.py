@@ -7,6 +7,13 @@ in decimal, so a plain listing is in timeline and LSN order::
     wal/00000001/00000000000000000000-00000000000000004712.swal
     wal/00000001/00000000000000004712-00000000000000009984.swal
     timelines/00000002.json
+    backups/00000001/20261204T050056123Z/manifest.json
+    backups/00000001/20261204T050056123Z/state.sqlite3.000001
+
+A base backup lives under ``backups/<timeline>/<id>/``: its parts first, its manifest
+last (a backup without a manifest is one that did not finish, and is not a backup).
+Its id is the UTC time it was taken, to the millisecond, so a listing is in timeline
+and time order.
 
 An object covers the LSNs ``[start_lsn, end_lsn)``: every record whose LSN is in that
 range, and nothing else.  ``end_lsn`` is the end of its last record, and the next
@@ -18,6 +25,7 @@ segment's header are inside an object's range, with no record there).
 from __future__ import annotations
 
 import re
+import time
 from typing import NamedTuple
 
 WAL_PREFIX = "wal/"
@@ -25,6 +33,11 @@ TIMELINES_PREFIX = "timelines/"
 WAL_OBJECT_NAME_FORMAT = "wal/{timeline:08d}/{start_lsn:020d}-{end_lsn:020d}.swal"
 TIMELINE_DIR_FORMAT = "wal/{timeline:08d}/"
 TIMELINE_HISTORY_NAME_FORMAT = "timelines/{timeline:08d}.json"
+BACKUPS_PREFIX = "backups/"
+BACKUP_ID_FORMAT = "%Y%m%dT%H%M%S{ms:03d}Z"
+BACKUP_DIR_FORMAT = "backups/{timeline:08d}/{backup_id}/"
+BACKUP_MANIFEST = "manifest.json"
+BACKUP_PART_FORMAT = "{file}.{part:06d}"
 LSN_MAX = 10**20 - 1  # 20 decimal digits: every 64-bit LSN
 TIMELINE_MAX = 10**8 - 1
 
@@ -97,6 +110,42 @@ def parse_timeline_history_name(name: str) -> int | None:
     return int(m["timeline"]) if m is not None and int(m["timeline"]) >= 1 else None
 
 
+_BACKUP_ID_RE = re.compile(r"^\d{8}T\d{9}Z$")
+_BACKUP_MANIFEST_RE = re.compile(r"^backups/(?P<timeline>\d{8})/(?P<id>[^/]+)/manifest\.json$")
+
+
+def backup_id_at(unix: float) -> str:
+    """The id of a backup taken at ``unix`` (UTC, to the millisecond)."""
+    ms = int(unix * 1000)
+    return time.strftime(BACKUP_ID_FORMAT, time.gmtime(ms // 1000)).format(ms=ms % 1000)
+
+
+def check_backup_id(backup_id: str) -> str:
+    if not _BACKUP_ID_RE.match(backup_id):
+        raise ValueError(f"a backup id looks like 20261204T050056123Z, got {backup_id!r}")
+    return backup_id
+
+
+def backup_dir(timeline: int, backup_id: str) -> str:
+    return BACKUP_DIR_FORMAT.format(timeline=timeline, backup_id=check_backup_id(backup_id))
+
+
+def backup_manifest_name(timeline: int, backup_id: str) -> str:
+    return backup_dir(timeline, backup_id) + BACKUP_MANIFEST
+
+
+def backup_part_name(timeline: int, backup_id: str, file: str, part: int) -> str:
+    return backup_dir(timeline, backup_id) + BACKUP_PART_FORMAT.format(file=file, part=part)
+
+
+def parse_backup_manifest_name(name: str) -> tuple[int, str] | None:
+    """``(timeline, backup id)`` of a manifest's name, or None when it is not one."""
+    m = _BACKUP_MANIFEST_RE.match(name)
+    if m is None or not _BACKUP_ID_RE.match(m["id"]) or int(m["timeline"]) < 1:
+        return None
+    return int(m["timeline"]), m["id"]
+
+
 def wal_listing_start_after(timeline: int, lsn: int) -> str:
     """A name that sorts after every object of ``timeline`` starting below ``lsn`` and
     before every one starting at or after it (a listing's exclusive start-after): the
@@ -105,6 +154,7 @@ def wal_listing_start_after(timeline: int, lsn: int) -> str:
 
 
 __all__ = [
+    "BACKUPS_PREFIX",
     "LSN_MAX",
     "TIMELINES_PREFIX",
     "TIMELINE_DIR_FORMAT",
@@ -113,6 +163,12 @@ __all__ = [
     "WAL_OBJECT_NAME_FORMAT",
     "WAL_PREFIX",
     "WalObjectName",
+    "backup_dir",
+    "backup_id_at",
+    "backup_manifest_name",
+    "backup_part_name",
+    "check_backup_id",
+    "parse_backup_manifest_name",
     "parse_timeline_dir",
     "parse_timeline_history_name",
     "parse_wal_object_name",

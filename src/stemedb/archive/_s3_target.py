@@ -121,6 +121,12 @@ class S3Target:
                                    reason="other")
         return sorted(out)
 
+    def delete(self, name: str) -> None:
+        try:
+            self._s3.delete_object(Bucket=self.bucket, Key=self._key(name))
+        except (bexc.ClientError, bexc.BotoCoreError) as exc:
+            raise self._fail(f"delete {name}", exc) from exc
+
     def close(self) -> None:
         self._s3.close()
 

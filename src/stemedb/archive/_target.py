@@ -40,6 +40,11 @@ class Target(Protocol):
         """The next level below ``prefix`` ("directories", each ending in "/")."""
         ...
 
+    def delete(self, name: str) -> None:
+        """Remove an object (``stemedb backup expire`` only; the archiver never
+        deletes).  Removing a name that is not there is not an error."""
+        ...
+
     def close(self) -> None: ...
 
 

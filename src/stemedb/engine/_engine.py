@@ -25,8 +25,10 @@ from .. import limits
 from .. import state as st
 from ..archive import HOLD_NAME, Archiver, WalSource, load_key, open_target
 from ..backfill import Backfiller
+from ..backup import BackupScheduler, DrillReport, Manifest, StateFacts, state_facts
 from ..dirlock import DataDirLock
 from ..errors import (
+    ArchiveNotConfigured,
     Closed,
     CorruptionError,
     InvalidInput,
@@ -34,7 +36,7 @@ from ..errors import (
     StemeError,
     Unavailable,
 )
-from ..layout import place_wal_dir, wal_link_path
+from ..layout import RESTORE_MARKER_NAME, place_wal_dir, wal_link_path
 from ..metrics import Metrics
 from ..read_index import ReadIndex, TooStale
 from ..readers import ReaderPool, run_in_snapshot
@@ -120,6 +122,7 @@ class Engine:
         self._readers: ReaderPool | None = None
         self._backfill: Backfiller | None = None
         self.archiver: Archiver | None = None
+        self.backups: BackupScheduler | None = None
 
     # ------------------------------------------------------------------ recovery --
     def recover(self, progress: Callable[[ReplayProgress], None] | None = None
@@ -153,6 +156,11 @@ class Engine:
     def _recover(self, progress: Callable[[ReplayProgress], None] | None, t0: float
                  ) -> RecoveryReport:
         self.lock_data_dir()
+        if os.path.exists(os.path.join(self.data_dir, RESTORE_MARKER_NAME)):
+            raise InvalidInput(f"{self.data_dir} holds a restore that did not finish "
+                               f"({RESTORE_MARKER_NAME} is there): it is not a database "
+                               f"yet", hint="run the same stemedb backup restore again; "
+                                            "it empties the directory and starts over")
         self.place_wal_dir()
         self.fs.makedirs(self.wal_dir)
         if isinstance(self.fs, OsFileSystem) and os.path.islink(self.wal_dir):
@@ -185,6 +193,12 @@ class Engine:
         report = recovery.run(progress, t0)
         self.progress = recovery.progress
         self.archiver = self._open_archiver(retention, writer, facts)
+        if self.archiver is not None:
+            self.backups = BackupScheduler(
+                cfg.backup, archiver=self.archiver, db_path=self.db_path,
+                data_dir=self.data_dir, metrics=self.m, facts=facts.backup,
+                save=facts.save_backup, wait_applied=self._wait_applied,
+                live=self._live_facts, clock=self.clock)
         self.read_index.publish_applied(st.applied_end_lsn(conn) or 0)
         view = self.view = AdmissionView.load(conn)
         applier.view = view
@@ -258,6 +272,37 @@ class Engine:
             raise InvalidInput("archiving is off: [archive] url is not set")
         return self.archiver.run_pass()
 
+    def backup_now(self) -> cf.Future[Manifest]:
+        """A base backup now, on the engine's backup thread: a future of its manifest
+        (id, timeline, LSN).  Raises InvalidInput when archiving is off."""
+        if self.backups is None:
+            raise ArchiveNotConfigured("base backups need an archive: [archive] url is not set",
+                                       hint="set [archive] url (file:///path or "
+                                            "s3://bucket/prefix) and restart")
+        fut: cf.Future[Manifest] = self.backups.request("backup")
+        return fut
+
+    def drill_now(self) -> cf.Future[DrillReport]:
+        """A restore drill now, on the engine's backup thread."""
+        if self.backups is None:
+            raise ArchiveNotConfigured("restore drills need an archive: [archive] url is not "
+                                       "set")
+        fut: cf.Future[DrillReport] = self.backups.request("drill")
+        return fut
+
+    def _wait_applied(self, lsn: int) -> None:
+        self.read_index.wait(lsn, limits.backup_wait_applied_seconds)
+
+    def _live_facts(self, lsn: int) -> StateFacts:
+        """The live state below ``lsn`` (a drill compares its restore with it)."""
+        self._wait_applied(lsn)
+        conn = st.connect(self.db_path, readonly=True,
+                          cache_bytes=limits.state_page_cache_bytes_min)
+        try:
+            return run_in_snapshot(conn, lambda c: state_facts(c, below_lsn=lsn))
+        finally:
+            conn.close()
+
     def lock_data_dir(self) -> None:
         """Take the data directory's lock (:mod:`stemedb.dirlock`), held until
         :meth:`close`; :class:`DataDirInUse` when another engine has it.  Idempotent;
@@ -309,6 +354,8 @@ class Engine:
                                    self.config.reader_threads, limits.read_batch_max)
         if self._background and self.archiver is not None:
             self.archiver.start()
+        if self._background and self.backups is not None:
+            self.backups.start()
         if self._background and self.config.sqlite_backfill:
             w = self.writer
             self._backfill = Backfiller(
@@ -345,6 +392,8 @@ class Engine:
             self._backfill.stop(timeout_seconds)  # the final checkpoint copies the rest
         # The archiver's thread stops while the writer can still move its hold; its
         # last pass comes after the writer's last records.
+        if self.backups is not None:
+            self.backups.stop(min(timeout_seconds, limits.backup_stop_seconds))
         archiver_stopped = self.archiver is None or self.archiver.stop(
             min(timeout_seconds, limits.archive_stop_seconds))
         stuck = False
@@ -401,6 +450,8 @@ class Engine:
         """Drop the engine as a crash would (the crash simulation): connections
         closed, nothing applied, synced or checkpointed, the lock released."""
         self.closed = True
+        if self.backups is not None:
+            self.backups.stop(limits.backup_stop_seconds)
         if self.archiver is not None:
             self.archiver.stop(limits.archive_stop_seconds)
         if self._readers is not None:
@@ -694,6 +745,8 @@ class Engine:
             "holds": self.holds(),
             "archive": self.archiver.status() if self.archiver is not None else {
                 "configured": False, "note": "archiving is off: [archive] url is not set"},
+            "backup": self.backups.status() if self.backups is not None else {
+                "configured": False, "note": "base backups need [archive] url"},
             "applied_records": self.applied_records,
             "accepting_writes": self.accepting and fenced is None,
         }

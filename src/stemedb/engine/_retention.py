@@ -55,6 +55,8 @@ class NodeFacts:
         self.replay_bytes_per_second: float | None = None
         # The archiver's own facts: its timeline, where it began, WAL it dropped.
         self.archive: dict[str, Any] = {}
+        # The backup thread's facts: its last backup and drill (stemedb.backup).
+        self.backup: dict[str, Any] = {}
         # The committer (holds) and the archiver (its timeline) both save the file.
         self.lock = threading.RLock()
 
@@ -81,11 +83,19 @@ class NodeFacts:
         self.replay_bytes_per_second = float(r) if r else None
         a = doc.get("archive")
         self.archive = dict(a) if isinstance(a, dict) else {}
+        b = doc.get("backup")
+        self.backup = dict(b) if isinstance(b, dict) else {}
 
     def save_archive(self, doc: dict[str, Any]) -> None:
         """Replace the archiver's facts and save (any thread)."""
         with self.lock:
             self.archive = dict(doc)
+            self.save()
+
+    def save_backup(self, doc: dict[str, Any]) -> None:
+        """Replace the backup thread's facts and save (any thread)."""
+        with self.lock:
+            self.backup = dict(doc)
             self.save()
 
     def save(self) -> None:
@@ -97,6 +107,8 @@ class NodeFacts:
                                "replay_bytes_per_second": self.replay_bytes_per_second}
         if self.archive:
             doc["archive"] = self.archive
+        if self.backup:
+            doc["backup"] = self.backup
         data = json.dumps(doc, sort_keys=True, indent=1).encode()
         tmp = self.path + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

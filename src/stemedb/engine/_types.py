@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 
 from .. import limits
 from ..archive import ArchiveSettings
+from ..backup._settings import BackupSettings
 from ..errors import InvalidInput
 from ..model import validate_assertion, validate_batch, validate_vote
 from ..wal import RecordType
@@ -51,6 +52,8 @@ class EngineConfig:
     apply_delay_ms: int = 0
     # [archive]: continuous WAL archiving (stemedb.archive); off while its url is "".
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
+    # [backup]: base backups and restore drills (stemedb.backup), with archiving on.
+    backup: BackupSettings = field(default_factory=BackupSettings)
 
     def validate(self) -> None:
         if self.fsync not in FSYNC_POLICIES:
@@ -84,6 +87,7 @@ class EngineConfig:
             raise InvalidInput(f"state.apply_delay_ms must be between 0 and "
                                f"{limits.apply_delay_ms_max}, got {self.apply_delay_ms}")
         self.archive.validate()
+        self.backup.validate()
         if not 1 <= self.reader_threads <= limits.reader_threads_max:
             raise InvalidInput(f"server.reader_threads must be between 1 and "
                                f"{limits.reader_threads_max}, got {self.reader_threads}")

@@ -171,7 +171,8 @@ SCHEMAS: dict[str, Any] = {
         "wal": {"type": "object"}, "fsync": {"type": "object"},
         "checkpoint": {"type": "object"}, "replay": {"type": "object"},
         "disk": {"type": "object", "nullable": True}, "holds": {"type": "object"},
-        "archive": {"type": "object"}, "applied_records": _int(),
+        "archive": {"type": "object"}, "backup": {"type": "object"},
+        "applied_records": _int(),
         "accepting_writes": {"type": "boolean"},
         "node": _obj({"phase": {"type": "string"}, "ready": {"type": "boolean"},
                       "draining": {"type": "boolean"}, "in_flight_writes": _int()},
@@ -190,6 +191,11 @@ SCHEMAS: dict[str, Any] = {
                               "holds": {"type": "object",
                                         "additionalProperties": {"type": "integer"}}},
                              ["checkpoint_lsn", "removed_segments", "seconds"]),
+    "BackupResult": _obj({"id": {"type": "string"}, "timeline": _int(1), "lsn": _int(),
+                          "start_lsn": _int(), "end_lsn": _int(), "size_bytes": _int(),
+                          "stored_bytes": _int(), "time_unix": {"type": "number"},
+                          "manifest": {"type": "string"}},
+                         ["id", "timeline", "lsn", "start_lsn", "end_lsn"]),
 }
 
 _ERROR_TEXT = {
@@ -200,6 +206,7 @@ _ERROR_TEXT = {
     409: "Idempotency-Key reused with another request",
     413: "body over server.body_bytes_max",
     415: "the body is not application/json",
+    502: "archive_error: the archive did not take it (the message has the target's error)",
     500: "wal_fsync_failed: the WAL could not be made durable; outcome unknown",
     503: "replaying, draining or stopping; retry after Retry-After seconds",
     507: "insufficient_storage: the disk guard refuses writes",
@@ -447,6 +454,14 @@ def openapi_document(*, auth_enabled: bool, body_bytes_max: int = limits.http_bo
                         {200: _ok(200, "CheckpointReport", "checkpointed"), 400: 400,
                          413: 413, 415: 415, 500: 500, 503: 503}, scope="admin", auth=a,
                         body="EmptyInput", body_required=False, tags=["admin"]),
+        },
+        "/v1/admin/backup": {
+            "post": _op("adminBackup", "Take a base backup now (needs [archive] url); "
+                        "answers when it is stored, with its id and LSN",
+                        {201: _ok(201, "BackupResult", "stored and read back"), 400: 400,
+                         # 409: archive_not_configured, or archive_object_conflict
+                         409: 409, 413: 413, 415: 415, 502: 502, 503: 503}, scope="admin",
+                        auth=a, body="EmptyInput", body_required=False, tags=["admin"]),
         },
     }
     doc: dict[str, Any] = {

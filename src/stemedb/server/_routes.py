@@ -343,6 +343,19 @@ async def admin_checkpoint(request: Request) -> Response:
     return json_response(asdict(report))
 
 
+async def admin_backup(request: Request) -> Response:
+    """A base backup now, on the engine's backup thread; its id and LSN."""
+    node = request.node
+    node.check_readable()
+    query_params(request, ())
+    await _no_body(request)
+    m = await asyncio.wrap_future(node.engine.backup_now())
+    return json_response({"id": m.id, "timeline": m.timeline, "lsn": m.lsn,
+                          "start_lsn": m.start_lsn, "end_lsn": m.end_lsn,
+                          "size_bytes": m.size_bytes, "stored_bytes": m.stored_bytes,
+                          "time_unix": m.finished_unix, "manifest": m.name}, status=201)
+
+
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", healthz, None, "healthz"),
     Route("GET", "/readyz", readyz, None, "readyz"),
@@ -360,4 +373,5 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/admin/status", admin_status, "admin", "adminStatus"),
     Route("POST", "/v1/admin/node/drain", admin_drain, "admin", "adminDrain"),
     Route("POST", "/v1/admin/checkpoint", admin_checkpoint, "admin", "adminCheckpoint"),
+    Route("POST", "/v1/admin/backup", admin_backup, "admin", "adminBackup"),
 )
