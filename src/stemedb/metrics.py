@@ -727,6 +727,18 @@ class Metrics:
             "The LSN the last successful base backup is consistent at.",
             registry=r,
         )
+        self.backup_interval_seconds = Gauge(
+            "stemedb_backup_interval_seconds",
+            "[backup] interval_hours in seconds (0: no archive, or no scheduled backups); "
+            "BackupStale compares the last backup's age with it.",
+            registry=r,
+        )
+        self.backup_drill_interval_seconds = Gauge(
+            "stemedb_backup_drill_interval_seconds",
+            "[backup] drill_interval_hours in seconds (0: no archive, or no scheduled "
+            "drills); RestoreDrillFailing compares the last passed drill's age with it.",
+            registry=r,
+        )
 
         # --- HTTP ----------------------------------------------------------------------
         self.http_requests_total = Counter(

@@ -74,6 +74,8 @@ class BackupScheduler:
         self.last_error_unix: float | None = None
         self.last_drill: dict[str, Any] | None = self.facts.get("last_drill")
         self.in_progress: str | None = None
+        metrics.backup_interval_seconds.set(self.settings.interval_hours * 3600)
+        metrics.backup_drill_interval_seconds.set(self.settings.drill_interval_hours * 3600)
         verified = self.facts.get("last_verified_unix")
         if verified:
             metrics.backup_last_verified_timestamp_seconds.set(float(verified))
