@@ -137,8 +137,11 @@ def test_dropped_wal_gets_a_backup_on_the_new_timeline_as_soon_as_the_archive_an
             root.unlink()
             os.rename(f"{root}.aside", root)
             timeline = eng.status()["archive"]["timeline"]
+            assert "warning" in eng.status()["archive"]  # the drop, not covered yet
             wait_for("a backup on the new timeline", lambda: (
                 eng.status()["backup"]["last_backup"] or {}).get("timeline") == timeline)
+            st = eng.status()["archive"]
+            assert "warning" not in st and "covered since base backup" in st["note"], st
             eng.write(assertion("after"))
             settle(eng)
             drops = eng.status()["archive"]["drops"]

@@ -370,6 +370,21 @@ def test_archive_findings_from_the_server(tmp_path: Path, change: dict[str, obje
         assert f.runbook is not None and "runbooks/Archive" in f.runbook
 
 
+def test_a_base_backup_after_the_drop_clears_it(tmp_path: Path) -> None:
+    drop = {"parent_end_lsn": 9000, "start_lsn": 80000, "timeline": 2, "parent_timeline": 1}
+    archive = {**_LIVE_ARCHIVE, "timeline": 2, "drops": [drop]}
+    before = {"timeline": 1, "end_lsn": 8000, "id": "old"}
+    after = {"timeline": 2, "end_lsn": 80000, "id": "new"}
+    assert check_archive(str(tmp_path), {"archive": archive, "backup": {
+        "last_backup": before}}).severity == "critical"
+    assert check_archive(str(tmp_path), {"archive": archive, "backup": {
+        "last_backup": after}}).severity == "ok"
+    # Offline: node.json's backup facts.
+    (tmp_path / "node.json").write_text(json.dumps({"archive": {"timeline": 2, "drops": [drop]},
+                                                    "backup": {"last_backup": after}}))
+    assert check_archive(str(tmp_path), None).severity == "info"
+
+
 def test_dropped_wal_is_critical_offline_too(tmp_path: Path) -> None:
     """node.json keeps the drops across restarts: doctor without a server still exits 2."""
     (tmp_path / "node.json").write_text(json.dumps({"holds": {}, "archive": {

@@ -27,7 +27,7 @@ Modules, one idea each:
 """
 
 from ..metrics import ARCHIVE_FAILURE_REASONS as FAILURE_REASONS
-from ._archiver import HOLD_NAME, Archiver
+from ._archiver import HOLD_NAME, Archiver, drop_covered
 from ._cipher import ArchiveKey, DecryptionFailed, load_key
 from ._format import (
     OBJECT_HEADER_SIZE,
@@ -74,6 +74,7 @@ __all__ = [
     "WalSource",
     "build_chain",
     "check_url",
+    "drop_covered",
     "frames_of",
     "load_key",
     "open_target",

@@ -461,4 +461,17 @@ class Archiver:
         return out
 
 
-__all__ = ["HOLD_NAME", "Archiver"]
+def drop_covered(drop: dict[str, Any], backup: dict[str, Any] | None) -> bool:
+    """Whether base backup ``backup`` (a manifest summary: ``timeline``, ``end_lsn``)
+    lets a restore reach past dropped WAL ``drop`` (``timeline``, ``start_lsn``): it is
+    on the drop's timeline or a later one, consistent at or after where it began."""
+    if not backup:
+        return False
+    try:
+        return (int(backup["timeline"]) >= int(drop["timeline"])
+                and int(backup["end_lsn"]) >= int(drop["start_lsn"]))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+__all__ = ["HOLD_NAME", "Archiver", "drop_covered"]

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from .. import limits
 from .. import state as st
-from ..archive import HOLD_NAME, Archiver, WalSource, load_key, open_target
+from ..archive import HOLD_NAME, Archiver, WalSource, drop_covered, load_key, open_target
 from ..backfill import Backfiller
 from ..backup import BackupScheduler, DrillReport, Manifest, StateFacts, state_facts
 from ..dirlock import DataDirLock
@@ -702,7 +702,7 @@ class Engine:
         ri = self.read_index
         fenced = self.fenced
         has = w is not None and w.header is not None
-        return {
+        out: dict[str, Any] = {
             "wal": {
                 "dir": self.wal_dir,
                 "resolved_dir": self.wal_resolved_dir,
@@ -750,6 +750,19 @@ class Engine:
             "applied_records": self.applied_records,
             "accepting_writes": self.accepting and fenced is None,
         }
+        _note_covered_drop(out)
+        return out
+
+
+def _note_covered_drop(status: dict[str, Any]) -> None:
+    """The archive's warning about dropped WAL stands until a base backup lets restores
+    reach past the drop; then it becomes a note."""
+    archive, backup = status.get("archive") or {}, status.get("backup") or {}
+    drops = archive.get("drops") or []
+    if drops and "warning" in archive and drop_covered(drops[-1], backup.get("last_backup")):
+        last = backup["last_backup"]
+        archive["note"] = (f"{archive.pop('warning')}; covered since base backup "
+                           f"{last.get('id')} at LSN {last.get('end_lsn')}")
 
 
 def _nan_to_none(v: float) -> float | None:

@@ -487,14 +487,14 @@ def check_holds(data_dir: str, report: VerifyReport, state: _StateInfo | None,
                    data={"holds": rows})
 
 
-def _archive_facts(data_dir: str) -> dict[str, Any]:
-    """The archiver's facts in ``<data-dir>/node.json`` (empty when none)."""
+def _node_facts(data_dir: str, key: str) -> dict[str, Any]:
+    """One table of ``<data-dir>/node.json`` (``archive``, ``backup``; empty when none)."""
     try:
         with open(os.path.join(data_dir, "node.json"), "rb") as f:
             doc = json.loads(f.read() or b"{}")
     except (OSError, ValueError):
         return {}
-    a = doc.get("archive") if isinstance(doc, dict) else None
+    a = doc.get(key) if isinstance(doc, dict) else None
     return a if isinstance(a, dict) else {}
 
 
@@ -503,18 +503,22 @@ def check_archive(data_dir: str, status: dict[str, Any] | None) -> Finding:
 
     From the live server's status when there is one; else from ``node.json``, which
     keeps the archiver's timeline and every drop across restarts.  Dropped WAL is
-    critical: the archive cannot restore across it.
+    critical until a base backup taken after it lets restores reach past it.
     """
+    from ..archive import drop_covered  # here: `wal verify` does not load the archive
+
     live = (status or {}).get("archive") if status is not None else None
     if isinstance(live, dict) and not live.get("configured", True):
         return Finding("archive", "info", "no WAL archive ([archive] url is empty): a lost "
                        "disk loses every write", "see docs/operations/archive.md")
-    facts = live if isinstance(live, dict) else _archive_facts(data_dir)
+    facts = live if isinstance(live, dict) else _node_facts(data_dir, "archive")
     if not facts:
         return Finding("archive", "info", "no WAL archive known (no server status, no "
                        "archive facts in node.json)")
     drops = [d for d in (facts.get("drops") or []) if isinstance(d, dict)]
-    if drops:
+    backup = ((status or {}).get("backup") or {}).get("last_backup") if status is not None \
+        else _node_facts(data_dir, "backup").get("last_backup")
+    if drops and not drop_covered(drops[-1], backup if isinstance(backup, dict) else None):
         d = drops[-1]
         return Finding("archive", "critical",
                        f"WAL was dropped from the archive ({len(drops)} time(s)): restores "
