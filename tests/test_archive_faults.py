@@ -33,6 +33,7 @@ from tests._archive import (
     scratch,
     wait_for,
 )
+from tests._backup import dump_dir, restore_cli, settle
 from tests._moto import BUCKET, S3Server, moto_s3_server
 from tests._server import ServerProcess
 
@@ -110,13 +111,18 @@ def test_kill_9_while_archiving_loses_nothing_and_never_overlaps(tmp_path: Path)
     _chain_is_whole(url, acked)
 
 
-class CuttingProxy:
-    """TCP from 127.0.0.1 to a target; the first ``PROXY_CUTS`` connections that carry
-    more than ``PROXY_CUT_AFTER_BYTES`` of the client's bytes are reset there
-    (mid-request; clients keep connections alive, so counting connections would not)."""
+RESTORE_TRIES_MAX = 5  # a restore cut short is run again, at most this often
 
-    def __init__(self, target: tuple[str, int]) -> None:
+
+class CuttingProxy:
+    """TCP from 127.0.0.1 to a target; the first ``cuts_max`` times a connection carries
+    more than ``PROXY_CUT_AFTER_BYTES`` in one direction (a request body up, an object
+    down), it is reset there (clients keep connections alive, so counting connections
+    would not)."""
+
+    def __init__(self, target: tuple[str, int], cuts_max: int = PROXY_CUTS) -> None:
         self.target = target
+        self.cuts_max = cuts_max
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(PROXY_ACCEPT_TIMEOUT_SECONDS)
         self.port = self.listener.getsockname()[1]
@@ -143,14 +149,19 @@ class CuttingProxy:
 
     @staticmethod
     def _reset(*socks: socket.socket) -> None:
+        """Reset both ends now: linger 0, then shutdown (which also wakes the other
+        direction's thread out of its recv), then close."""
         for s in socks:
             with contextlib.suppress(OSError):
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
                 s.close()
 
     def _take_cut(self) -> bool:
         with self._lock:
-            if self.cuts >= PROXY_CUTS:
+            if self.cuts >= self.cuts_max:
                 return False
             self.cuts += 1
             return True
@@ -161,12 +172,18 @@ class CuttingProxy:
         done = threading.Event()
 
         def back() -> None:
+            got = 0
             with contextlib.suppress(OSError):
                 while not done.is_set():  # bounded by the connection's end
                     data = upstream.recv(PROXY_IO_BYTES)
                     if not data:
                         break
+                    if got + len(data) > PROXY_CUT_AFTER_BYTES and self._take_cut():
+                        client.sendall(data[:max(0, PROXY_CUT_AFTER_BYTES - got)])
+                        self._reset(client, upstream)  # mid-response
+                        break
                     client.sendall(data)
+                    got += len(data)
             done.set()
 
         b = threading.Thread(target=back, daemon=True)
@@ -231,3 +248,46 @@ def test_connections_cut_mid_upload_are_retried_and_nothing_half_written_counts(
         _chain_is_whole(url, acked)  # the cuts are spent: read back without them
     finally:
         proxy.stop()
+
+
+def test_a_restore_through_cut_connections_completes_or_says_why(
+        s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Downloads reset mid-object: each restore either completes with exactly the live state, or
+    exits non-zero saying why and leaves no directory that a server would start on; run
+    again, it completes."""
+    rng = random.Random(SEED)
+    s3.env(monkeypatch, str(tmp_path))
+    url = f"s3://{BUCKET}/restore-cut"
+    with scratch("rcut", tmp_path) as d:
+        eng = engine(d / "db", archive_settings(url))
+        try:
+            wait_for("the first backup", lambda: eng.status()["backup"]["last_backup"]
+                     is not None, CATCH_UP_SECONDS)
+            for i in range(80):
+                req = assertion(f"r-{i}")
+                req.ops[0]["assert"]["object"] = rng.randbytes(1000).hex()
+                eng.write(req)
+            settle(eng)
+        finally:
+            eng.close()
+        live = dump_dir(d / "db")
+        host, port = s3.endpoint.removeprefix("http://").split(":")
+        proxy = CuttingProxy((host, int(port)), cuts_max=2)
+        try:
+            monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.port}")
+            outcomes = []
+            for _ in range(RESTORE_TRIES_MAX):  # bounded: the proxy's cuts run out
+                res = restore_cli(url, d / "restored")
+                outcomes.append(res.exit_code)
+                if res.exit_code == 0:
+                    break
+                assert res.output.strip(), "a failed restore must say why"
+                # What a failed restore leaves is refused by the engine, or is nothing.
+                left = d / "restored"
+                assert not left.exists() or not any(left.iterdir()) or \
+                    (left / "RESTORE_INCOMPLETE").exists(), list(left.iterdir())
+            assert outcomes[-1] == 0, outcomes
+            assert proxy.cuts == 2, f"the proxy cut {proxy.cuts} connections"
+        finally:
+            proxy.stop()
+        assert dump_dir(d / "restored") == live
