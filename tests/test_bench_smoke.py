@@ -20,6 +20,7 @@ from bench import (
     memory_bench,
     replay_bench,
     restart_bench,
+    restore_bench,
     stack_bench,
 )
 
@@ -191,4 +192,18 @@ def test_archive_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     for r in rows[1:]:
         assert r["lag_p99_s"] >= 0 and r["catch_up_s"] >= 0, r
         assert r["archive_failures"] == 0, r
+    assert len(doc["targets"]) == 2
+
+
+@pytest.mark.timeout(180)
+def test_restore_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--backup-assertions", "3000", "--wal-records", "300", "--writers", "2"]
+    out, doc = _run(restore_bench.main, args, tmp_path, capsys)
+    assert "Restore: base backup + archived WAL" in out
+    restores, writes = doc["tables"].values()
+    assert [r["from"] for r in restores] == ["file://", "S3 (moto)"]
+    # Each restore was checked against the live count; both restored the same state.
+    assert restores[0]["assertions"] == restores[1]["assertions"] > 3300
+    assert all(r["restore_s"] > 0 for r in restores)
+    assert writes[1]["window"] == "during the backup" and writes[1]["writes"] >= 0
     assert len(doc["targets"]) == 2
