@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 
 from .errors import ConfigError
+from .storage import sync_dir
 
 WAL_DIR_NAME = "wal"
 # Written first by `stemedb backup restore` and removed last: a data directory that
@@ -57,7 +58,7 @@ def place_wal_dir(data_dir: str, wal_dir: str) -> bool:
         if not os.path.isdir(target):
             # Linked on a start that crashed before the new directory was durable.
             os.makedirs(target, exist_ok=True)
-            _sync_dir(os.path.dirname(target))
+            sync_dir(os.path.dirname(target))
         return False
     if os.path.lexists(link):
         raise ConfigError(
@@ -65,7 +66,7 @@ def place_wal_dir(data_dir: str, wal_dir: str) -> bool:
             f"{link}. To move it: stop the server, `mv {link} {target} && ln -s {target} "
             f"{link}`, then start with wal.dir = \"{target}\" ({HOW_TO_MOVE})")
     os.makedirs(target, exist_ok=True)
-    _sync_dir(os.path.dirname(target))
+    sync_dir(os.path.dirname(target))
     entries = sorted(os.listdir(target))
     if entries:
         more = f" and {len(entries) - 1} more" if len(entries) > 1 else ""
@@ -77,13 +78,7 @@ def place_wal_dir(data_dir: str, wal_dir: str) -> bool:
             "another database's segments")
     os.makedirs(data_dir, exist_ok=True)
     os.symlink(target, link)
-    _sync_dir(os.path.abspath(data_dir))
+    sync_dir(os.path.abspath(data_dir))
     return True
 
 
-def _sync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -128,6 +128,15 @@ class OsFile:
             self._fd = -1
 
 
+def sync_dir(path: str) -> None:
+    """fsync a directory, so that names created, renamed or removed in it are durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class OsFileSystem:
     """The real file system."""
 
@@ -156,11 +165,7 @@ class OsFileSystem:
         os.remove(path)
 
     def sync_dir(self, path: str) -> None:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        sync_dir(path)
 
     def disk_usage(self, path: str) -> DiskUsage:
         st = os.statvfs(path)

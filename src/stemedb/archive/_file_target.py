@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 from .. import limits
 from ..errors import ArchiveError
+from ..storage import sync_dir
 
 _TMP_MARK = ".tmp-"
 
@@ -50,7 +51,7 @@ class FileTarget:
             except FileExistsError:
                 if not os.path.isdir(d):
                     raise
-            _fsync_dir(os.path.dirname(d))
+            sync_dir(os.path.dirname(d))
 
     def put_if_absent(self, name: str, data: bytes) -> bool:
         path = self._path(name)
@@ -73,7 +74,7 @@ class FileTarget:
             except FileExistsError:
                 created = False
             os.unlink(tmp)
-            _fsync_dir(parent)
+            sync_dir(parent)
             return created
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -129,7 +130,7 @@ class FileTarget:
         except OSError as exc:
             raise self._fail(f"delete {name}", exc) from exc
         try:
-            _fsync_dir(os.path.dirname(path))
+            sync_dir(os.path.dirname(path))
         except OSError as exc:
             raise self._fail(f"delete {name}", exc) from exc
         # Directories left empty go too (a store of keys has none to leave behind).
@@ -150,12 +151,6 @@ def _raise(exc: OSError) -> None:
     raise exc
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 __all__ = ["FileTarget"]

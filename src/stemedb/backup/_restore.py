@@ -43,7 +43,7 @@ from ..errors import ArchiveError, InvalidInput, StemeError
 from ..layout import RESTORE_MARKER_NAME, wal_link_path
 from ..metrics import Metrics
 from ..read_index import ReadIndex
-from ..storage import OsFileSystem
+from ..storage import OsFileSystem, sync_dir
 from ..wal import SEGMENT_HEADER_SIZE, RecordType, WalWriter
 from ._fetch import download_backup
 from ._manifest import Manifest, read_catalog
@@ -153,16 +153,10 @@ def prepare_dir(data_dir: str) -> None:
     with open(marker, "wb") as f:
         f.write(b"a restore into this directory has not finished; run it again\n")
         os.fsync(f.fileno())
-    _sync_dir(data_dir)
-    _sync_dir(os.path.dirname(os.path.abspath(data_dir)))
+    sync_dir(data_dir)
+    sync_dir(os.path.dirname(os.path.abspath(data_dir)))
 
 
-def _sync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def choose(target: Target, reader: ArchiveReader, to: RestoreTarget,
@@ -274,7 +268,7 @@ def _restore(target: Target, reader: ArchiveReader, data_dir: str, m: Manifest,
     _start_wal(data_dir, report.end_lsn, segment_size_bytes)
     _write_node_facts(data_dir, report, m)
     os.remove(os.path.join(data_dir, RESTORE_MARKER_NAME))
-    _sync_dir(data_dir)
+    sync_dir(data_dir)
     report.seconds = round(time.monotonic() - t0, 3)
     log.info("restored backup %s and %d WAL record(s) into %s: LSN %d, target %s, timeline "
              "%s, %.3fs", m.id, report.records, data_dir, report.end_lsn, report.target,
@@ -378,7 +372,7 @@ def _start_wal(data_dir: str, end_lsn: int, segment_size_bytes: int) -> None:
                   background_preallocate=False)
     w.create_first(seq=1, base_lsn=end_lsn - SEGMENT_HEADER_SIZE)
     w.close()
-    _sync_dir(data_dir)
+    sync_dir(data_dir)
 
 
 def _write_node_facts(data_dir: str, report: RestoreReport, m: Manifest) -> None:
