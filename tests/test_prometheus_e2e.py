@@ -284,6 +284,80 @@ def test_a_broken_archive_fires_ArchiveFailing_holds_the_wal_and_recovers(
     assert not missing, f"{len(missing)} acknowledged writes not archived: {missing[:5]}"
 
 
+def test_revoked_s3_credentials_fire_ArchiveFailing_until_they_are_restored(
+        workdir: Path) -> None:
+    """The seed once more, on S3 (moto's server, authentication on): the archiver's
+    credentials are revoked under load; uploads fail with AccessDenied, ArchiveFailing
+    fires, the WAL is held; the credentials come back, the backlog drains, the alert
+    resolves, and the bucket holds every acknowledged write."""
+    from tests._archive import archived_records
+    from tests._moto import BUCKET, REGION, moto_s3_server
+
+    s3_servers = moto_s3_server()
+    s3 = next(s3_servers)
+    url = f"s3://{BUCKET}/e2e"
+    aws = {"AWS_ENDPOINT_URL": s3.endpoint, "AWS_ACCESS_KEY_ID": s3.key_id,
+           "AWS_SECRET_ACCESS_KEY": s3.secret, "AWS_DEFAULT_REGION": REGION,
+           "AWS_CONFIG_FILE": str(workdir / "aws-config-none"),
+           "AWS_SHARED_CREDENTIALS_FILE": str(workdir / "aws-credentials-none"),
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    try:
+        acked = _revoke_and_restore(workdir, s3, url, aws)
+        records = archived_records_with(aws, url, archived_records)
+    finally:
+        with contextlib.suppress(StopIteration):
+            next(s3_servers)  # stops the S3 server
+    lsns = {lsn for recs in records.values() for lsn, _, _ in recs}
+    missing = [lsn for lsn in acked if lsn not in lsns]
+    assert not missing, f"{len(missing)} acknowledged writes not archived: {missing[:5]}"
+
+
+def _revoke_and_restore(workdir: Path, s3: Any, url: str, aws: dict[str, str]) -> list[int]:
+    server = ServerProcess(workdir, env={"STEMEDB_ARCHIVE_URL": url,
+                                         "STEMEDB_ARCHIVE_INTERVAL_SECONDS": "0.05", **aws})
+    server.start()
+    prom = None
+    acked: list[int] = []
+    try:
+        prom = Prometheus(workdir, f"127.0.0.1:{server.port}")
+        prom.wait_scraped()
+        s3.revoke()
+        with server.client() as c:
+            for i in range(50):
+                r = _assert(c, i)
+                assert r.status_code == 201, r.text  # far below the 1 GiB cap
+                acked.append(r.json()["lsn"])
+            alert = prom.wait_alert("ArchiveFailing")
+            assert alert["labels"]["severity"] == "critical"
+            metrics = c.get("/metrics").text
+            assert re.search(r'stemedb_archive_failures_total\{reason="auth"\} [1-9]',
+                             metrics)
+            status = c.get("/v1/admin/status").json()
+            assert "AccessDenied" in (status["archive"]["last_error"] or "")
+            assert status["holds"]["archive"]["lsn"] <= acked[0]  # the WAL is held
+        s3.restore()
+        prom.wait_resolved("ArchiveFailing")
+    finally:
+        if prom is not None:
+            prom.stop()
+        server.stop()  # a clean stop: one last pass ships everything durable
+    return acked
+
+
+def archived_records_with(env: dict[str, str], url: str, read: Any) -> Any:
+    """``read(url)`` with the AWS variables of ``env`` set, and set back after."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return read(url)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _family(name: str) -> str:
     for suffix in ("_bucket", "_sum", "_count", "_created"):
         if name.endswith(suffix):
