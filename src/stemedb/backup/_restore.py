@@ -113,8 +113,9 @@ class RestoreReport:
 
     def furthest(self) -> str:
         t = f", time {self.last_record_time}" if self.last_record_time else ""
-        return (f"LSN {self.end_lsn} (last record at LSN {self.last_record_lsn}{t}; "
-                f"epoch {self.last_sealed_epoch} is the last sealed)")
+        last = (f"last record at LSN {self.last_record_lsn}{t}"
+                if self.last_record_lsn is not None else "no record after the base backup")
+        return f"LSN {self.end_lsn} ({last}; epoch {self.last_sealed_epoch} is the last sealed)"
 
 
 class TargetNotReached(StemeError):
