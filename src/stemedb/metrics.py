@@ -740,6 +740,82 @@ class Metrics:
             registry=r,
         )
 
+        # --- cluster and replication ---------------------------------------------------
+        self.cluster_enabled = Gauge(
+            "stemedb_cluster_enabled",
+            "1 when the node is a member of a cluster ([cluster] name is set), 0 when it "
+            "runs alone (and is its own leader).",
+            registry=r,
+        )
+        self.cluster_is_leader = Gauge(
+            "stemedb_cluster_is_leader",
+            "1 while this node leads and may acknowledge writes (it holds the leader key "
+            "and is before its lease deadline); a node without [cluster] is its own leader.",
+            registry=r,
+        )
+        self.cluster_term = Gauge(
+            "stemedb_cluster_term",
+            "The highest leader term this node has seen (the etcd revision at which that "
+            "leadership began); 0 before it has seen one.",
+            registry=r,
+        )
+        self.cluster_leader_changes_total = Counter(
+            "stemedb_cluster_leader_changes_total",
+            "Leaderships this node has seen begin (the first one included).",
+            registry=r,
+        )
+        self.replication_lag_bytes = Gauge(
+            "stemedb_replication_lag_bytes",
+            "On the leader, per replica: the leader's durable LSN minus the replica's "
+            "durable LSN as the replica last reported it.",
+            ["replica"],
+            registry=r,
+        )
+        self.replication_lag_seconds = Gauge(
+            "stemedb_replication_lag_seconds",
+            "On the leader, per replica: how long the oldest record the replica does not "
+            "yet hold durably has been durable on the leader (0 when caught up).",
+            ["replica"],
+            registry=r,
+        )
+        self.replication_connected = Gauge(
+            "stemedb_replication_connected",
+            "On the leader, per replica: 1 while the replica is streaming (it asked for WAL "
+            "within the last replication_disconnect_seconds), 0 once it has not.",
+            ["replica"],
+            registry=r,
+        )
+        self.replication_hold_dropped_total = Counter(
+            "stemedb_replication_hold_dropped_total",
+            "On the leader, per replica: WAL holds dropped because the replica fell more "
+            "than max_replica_lag_bytes behind (it must re-seed from a snapshot).",
+            ["replica"],
+            registry=r,
+        )
+        self.replication_streaming = Gauge(
+            "stemedb_replication_streaming",
+            "On a replica: 1 while it receives the leader's WAL, 0 otherwise (and on the "
+            "leader).",
+            registry=r,
+        )
+        self.replication_received_bytes_total = Counter(
+            "stemedb_replication_received_bytes_total",
+            "On a replica: WAL bytes received from the leader and made durable here.",
+            registry=r,
+        )
+        self.replication_reseeds_total = Counter(
+            "stemedb_replication_reseeds_total",
+            "On a replica: times it replaced its state with a snapshot from the leader "
+            "(a fresh data directory, a forked log, or a dropped hold).",
+            registry=r,
+        )
+        self.replication_diverged_bytes_total = Counter(
+            "stemedb_replication_diverged_bytes_total",
+            "WAL bytes this node set aside because the leader's log does not have them "
+            "(a former leader's tail).",
+            registry=r,
+        )
+
         # --- HTTP ----------------------------------------------------------------------
         self.http_requests_total = Counter(
             "stemedb_http_requests_total",
