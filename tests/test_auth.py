@@ -23,15 +23,19 @@ tokens = [
   {{ name = "ops", token = "{ADMIN}", scopes = ["admin"] }},
 ]
 """
-OPEN_ROUTES = ("/healthz", "/readyz", "/metrics", "/openapi.json")
+OPEN_ROUTES = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/leader")
+# Open too, for load balancers; 503 (not a streaming replica) on a node of its own.
+OPEN_NOT_OK_ROUTES = ("/replica",)
 
 
 def _scope_by_spec(method: str, path: str) -> str | None:
     """The scope SPEC.md and docs/api.md give a route (independent of the route table)."""
-    if path in OPEN_ROUTES:
+    if path in OPEN_ROUTES + OPEN_NOT_OK_ROUTES:
         return None
     if path.startswith("/v1/admin/"):
         return "admin"
+    if path.startswith("/v1/replication/"):
+        return "replication"
     return "read" if method == "GET" else "write"
 
 
@@ -54,9 +58,13 @@ def test_open_routes_need_no_token(server: ServerProcess) -> None:
     with server.client() as c:
         for path in OPEN_ROUTES:
             assert c.get(path).status_code == 200, path
+        for path in OPEN_NOT_OK_ROUTES:
+            r = c.get(path)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "not_streaming"
 
 
-@pytest.mark.parametrize("route", [r for r in ROUTES if r.path not in OPEN_ROUTES],
+@pytest.mark.parametrize("route", [r for r in ROUTES
+                                   if r.path not in OPEN_ROUTES + OPEN_NOT_OK_ROUTES],
                          ids=lambda r: f"{r.method} {r.path}")
 def test_every_route_needs_its_scope(server: ServerProcess, route: Route) -> None:
     method, path = route.method, route.path
@@ -71,7 +79,8 @@ def test_every_route_needs_its_scope(server: ServerProcess, route: Route) -> Non
         assert r.headers["WWW-Authenticate"].startswith("Bearer")
         r = c.request(method, url, content=body, headers={**headers, **_h(WRONG)})
         assert r.status_code == 401
-        lacking = {"read": ADMIN, "write": READER, "admin": WRITER}[str(scope)]
+        lacking = {"read": ADMIN, "write": READER, "admin": WRITER,
+                   "replication": WRITER}[str(scope)]
         r = c.request(method, url, content=body, headers={**headers, **_h(lacking)})
         assert r.status_code == 403, r.text
         assert r.json()["error"]["code"] == "forbidden"

@@ -138,9 +138,20 @@ SCHEMA: dict[tuple[str, str], tuple[type, Any]] = {
     ("backup", "retain_count"): (int, limits.backup_retain_count_default),
     ("backup", "retain_days"): (float, limits.backup_retain_days_default),
     ("auth", "tokens"): (list, []),
+    # [cluster]: empty name = a node of its own (its own leader, no etcd).
+    ("cluster", "name"): (str, ""),
+    ("cluster", "node_name"): (str, ""),
+    ("cluster", "advertise_url"): (str, ""),
+    ("cluster", "etcd_endpoints"): (str, ""),
+    ("cluster", "lease_ttl_seconds"): (int, 10),
+    ("cluster", "synchronous_replicas"): (int, 0),
+    ("cluster", "maximum_lag_on_failover_bytes"): (int, 1024 * 1024),
+    ("cluster", "max_replica_lag_bytes"): (int, 1024 * 1024 * 1024),
+    ("cluster", "replication_token"): (str, ""),
+    ("cluster", "tls_ca_file"): (str, ""),
 }
-SECRET_KEYS = {("auth", "tokens")}
-SCOPES = ("read", "write", "admin")
+SECRET_KEYS = {("auth", "tokens"), ("cluster", "replication_token")}
+SCOPES = ("read", "write", "admin", "replication")
 
 
 @dataclass(frozen=True)
@@ -148,6 +159,25 @@ class Token:
     name: str
     token: str
     scopes: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """``[cluster]``: membership of a cluster coordinated through etcd."""
+
+    name: str
+    node_name: str
+    advertise_url: str
+    etcd_endpoints: str
+    lease_ttl_seconds: int
+    synchronous_replicas: int
+    maximum_lag_on_failover_bytes: int
+    max_replica_lag_bytes: int
+    replication_token: str
+    tls_ca_file: str
+
+
+SYNCHRONOUS_REPLICAS_MAX = 16  # [cluster] synchronous_replicas, replicas
 
 
 @dataclass
@@ -162,6 +192,50 @@ class Config:
     @property
     def data_dir(self) -> str:
         return str(self.values[("", "data_dir")])
+
+    def cluster_settings(self) -> ClusterSettings | None:
+        """``[cluster]`` checked, or None when the node runs alone (no ``name``)."""
+        v = self.values
+        name = str(v[("cluster", "name")])
+        if not name:
+            return None
+        s = ClusterSettings(
+            name=name, node_name=str(v[("cluster", "node_name")]),
+            advertise_url=str(v[("cluster", "advertise_url")]).rstrip("/"),
+            etcd_endpoints=str(v[("cluster", "etcd_endpoints")]),
+            lease_ttl_seconds=int(v[("cluster", "lease_ttl_seconds")]),
+            synchronous_replicas=int(v[("cluster", "synchronous_replicas")]),
+            maximum_lag_on_failover_bytes=int(v[("cluster", "maximum_lag_on_failover_bytes")]),
+            max_replica_lag_bytes=int(v[("cluster", "max_replica_lag_bytes")]),
+            replication_token=str(v[("cluster", "replication_token")]),
+            tls_ca_file=str(v[("cluster", "tls_ca_file")]))
+        for key in ("name", "node_name"):
+            value = getattr(s, key)
+            if not value or not all(c.isalnum() or c in "-_." for c in value) \
+                    or len(value) > 128:
+                raise ConfigError(f"cluster.{key} must be 1 to 128 letters, digits, '-', '_' "
+                                  f"or '.', got {value!r}")
+        if not s.advertise_url.startswith(("http://", "https://")):
+            raise ConfigError("cluster.advertise_url must be this node's URL as the other "
+                              f"members reach it (http:// or https://), got "
+                              f"{s.advertise_url!r}")
+        if not s.etcd_endpoints:
+            raise ConfigError("cluster.etcd_endpoints is required with cluster.name (a "
+                              "comma-separated list of etcd URLs)")
+        if not 2 <= s.lease_ttl_seconds <= 3600:
+            raise ConfigError("cluster.lease_ttl_seconds must be 2 to 3600 seconds")
+        if not 0 <= s.synchronous_replicas <= SYNCHRONOUS_REPLICAS_MAX:
+            raise ConfigError(f"cluster.synchronous_replicas must be 0 to "
+                              f"{SYNCHRONOUS_REPLICAS_MAX}")
+        if s.maximum_lag_on_failover_bytes < 0:
+            raise ConfigError("cluster.maximum_lag_on_failover_bytes must be >= 0")
+        if s.max_replica_lag_bytes < 1024 * 1024:
+            raise ConfigError("cluster.max_replica_lag_bytes must be at least 1 MiB")
+        if self.tokens and not s.replication_token:
+            raise ConfigError("cluster.replication_token is required when auth is on: "
+                              "replicas present it (a token with the replication scope) "
+                              "to the leader")
+        return s
 
     def tls_context(self) -> ssl.SSLContext | None:
         """The server's TLS context from ``[server] tls_*``, or None for plain HTTP.
@@ -254,9 +328,11 @@ class Config:
         out: dict[str, Any] = {}
         for (table, key), value in sorted(self.values.items()):
             shown = value
-            if (table, key) in SECRET_KEYS:
+            if (table, key) == ("auth", "tokens"):
                 shown = [{"name": t.name, "token": "***", "scopes": sorted(t.scopes)}
                          for t in self.tokens]
+            elif (table, key) in SECRET_KEYS:
+                shown = "***" if value else ""
             out[f"{table}.{key}" if table else key] = shown
         return out
 
@@ -348,6 +424,7 @@ def load_config(path: str | None = None, *, env: Mapping[str, str] | None = None
     if values[("read", "wait_timeout_ms")] < 1:
         raise ConfigError("read.wait_timeout_ms must be at least 1")
     cfg.tls_context()  # ConfigError naming the file or the mismatch
+    cfg.cluster_settings()  # ConfigError naming the [cluster] key
     engine = cfg.engine_config()
     if engine.archive.encryption_key_file:
         from .archive import load_key

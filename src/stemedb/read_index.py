@@ -65,6 +65,9 @@ class ReadIndex:
         # first: what a stale read's staleness is measured from.  Bounded by the
         # groups in flight between the writer and the applier.
         self._unapplied: collections.deque[tuple[int, float]] = collections.deque()
+        # (target, tie-breaker, loop, future): woken when durable >= target (the
+        # replication stream's long poll).
+        self._durable_waiters: list[tuple[int, int, asyncio.AbstractEventLoop, object]] = []
 
     @property
     def durable_lsn(self) -> int:
@@ -89,12 +92,41 @@ class ReadIndex:
 
     def publish_durable(self, end_lsn: int) -> None:
         """The writer made the WAL durable up to ``end_lsn`` (before it acknowledges)."""
+        woken: list[tuple[asyncio.AbstractEventLoop | None, object]] = []
         with self._lock:
             if end_lsn <= self._durable:
                 return
             self._durable = end_lsn
             if end_lsn > self._applied:
                 self._unapplied.append((end_lsn, time.monotonic()))
+            while self._durable_waiters and self._durable_waiters[0][0] <= end_lsn:
+                _, _, loop, fut = heapq.heappop(self._durable_waiters)
+                woken.append((loop, fut))
+        if woken:
+            _wake(woken, end_lsn)
+
+    async def wait_durable_async(self, target: int, timeout_seconds: float) -> int:
+        """Wait until ``durable_lsn >= target`` or the timeout; return the durable LSN
+        either way (a long poll, not an error)."""
+        with self._lock:
+            if self._durable >= target:
+                return self._durable
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[int] = loop.create_future()
+            entry = (target, next(self._tie), loop, fut)
+            heapq.heappush(self._durable_waiters, entry)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout_seconds)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            with self._lock:
+                try:
+                    self._durable_waiters.remove(entry)
+                    heapq.heapify(self._durable_waiters)
+                except ValueError:
+                    pass
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return self._durable
 
     def publish_applied(self, end_lsn: int) -> None:
         """The state committed every record up to ``end_lsn``: wake who waits for it."""
@@ -105,6 +137,9 @@ class ReadIndex:
             self._applied = end_lsn
             if end_lsn > self._durable:  # replay, or a policy that acknowledges first
                 self._durable = end_lsn
+                while self._durable_waiters and self._durable_waiters[0][0] <= end_lsn:
+                    _, _, dloop, dfut = heapq.heappop(self._durable_waiters)
+                    woken.append((dloop, dfut))
             while self._unapplied and self._unapplied[0][0] <= end_lsn:
                 self._unapplied.popleft()
             while self._waiters and self._waiters[0][0] <= end_lsn:

@@ -68,6 +68,9 @@ CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT PRIMARY KEY, body_sha256 TEXT NOT NULL, status INTEGER NOT NULL,
     response TEXT NOT NULL, lsn INTEGER NOT NULL, created_unix REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_age ON idempotency(created_unix);
+CREATE TABLE IF NOT EXISTS terms (
+    term INTEGER PRIMARY KEY, start_lsn INTEGER NOT NULL, node TEXT NOT NULL,
+    started_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS holds (
     name TEXT PRIMARY KEY, lsn INTEGER NOT NULL, updated_unix REAL NOT NULL) WITHOUT ROWID;
 """.format(assertion_indexes="\n".join(_ASSERTION_INDEX_DDL))
@@ -311,6 +314,8 @@ class Record(msgspec.Struct):
     ops: list[_Op] = []
     k: str | None = None
     h: str | None = None
+    term: int | None = None  # TERM records only
+    node: str | None = None  # TERM records only
 
 
 RECORD_DECODER = msgspec.json.Decoder(Record)
@@ -367,6 +372,15 @@ def apply_record(conn: sqlite3.Connection, rtype: int, record: Record, lsn: int,
         conn.execute("INSERT INTO epochs(n, opened_at) VALUES(1, ?)", (ts,))
         c.epoch = 0  # reload on the next record
         return 201, {"opened": 1}
+    if rtype == RecordType.TERM:
+        if record.term is None or record.term < 1 or not record.node:
+            raise InvalidInput("a TERM record needs a positive term and a node")
+        top = conn.execute("SELECT max(term) FROM terms").fetchone()[0]
+        if top is not None and record.term <= int(top):
+            raise InvalidInput(f"term {record.term} does not follow term {top}")
+        conn.execute("INSERT INTO terms(term, start_lsn, node, started_at) VALUES(?,?,?,?)",
+                     (record.term, lsn, record.node, ts))
+        return 201, {"term": record.term, "lsn": lsn}
     c.load(conn)
     epoch = c.epoch
     if rtype == RecordType.SEAL:
@@ -621,4 +635,12 @@ def dump(conn: sqlite3.Connection) -> dict[str, Any]:
     }
 
 
-__all__ = ["SCHEMA_VERSION", "StemeError", "apply_record", "connect", "dump"]
+def list_terms(conn: sqlite3.Connection) -> list[tuple[int, int, str]]:
+    """The leaderships this state has applied, oldest first: (term, start_lsn, node).
+    ``start_lsn`` is the LSN of the leader's TERM record: every record from it up to
+    the next term's start was written in that term."""
+    return [(int(t), int(s), str(n)) for t, s, n in conn.execute(
+        "SELECT term, start_lsn, node FROM terms ORDER BY term")]
+
+
+__all__ = ["SCHEMA_VERSION", "StemeError", "apply_record", "connect", "dump", "list_terms"]

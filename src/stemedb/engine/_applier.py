@@ -86,6 +86,9 @@ class Applier:
         self.view: AdmissionView | None = None  # trimmed as keys reach the state
         self.failed: BaseException | None = None
         self.on_failure: Callable[[BaseException], None] | None = None
+        # The commit time (``t``) of the last record applied: a promoted replica's
+        # writer starts its record times there, so that they never go back.
+        self.last_record_t = ""
         self._queue: queue.SimpleQueue[DurableGroup | tuple[Callable[[], Any],
                                                             cf.Future[Any]] | None] = \
             queue.SimpleQueue()
@@ -226,6 +229,8 @@ class Applier:
                 conn.execute("ROLLBACK")
             raise
         self.applied_records = applied
+        if last_t:
+            self.last_record_t = last_t
         self.m.state_applied_records_total.inc(len(frames))
         self.read_index.publish_applied(end_lsn)
         if self.view is not None:

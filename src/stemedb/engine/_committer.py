@@ -43,6 +43,7 @@ from ..errors import (
     ArchiveBacklogFull,
     IdempotencyConflict,
     InsufficientStorage,
+    InvalidInput,
     StateApplyFailed,
     StemeError,
     TooLarge,
@@ -182,6 +183,9 @@ class Committer:
         # The archiver's cap (on_backlog_full="refuse_writes"): why writes are refused
         # now, or None.  Asked before each group, like the disk guard; no I/O.
         self.archive_refusal: Callable[[], str | None] | None = None
+        # A replica's engine: its log is the leader's, written by replicate(); its own
+        # writes are refused (the HTTP layer redirects them to the leader first).
+        self.follower = False
 
     # -- taking requests ----------------------------------------------------------------
     def enqueue(self, request: WriteRequest, loop: asyncio.AbstractEventLoop | None,
@@ -195,6 +199,9 @@ class Committer:
         if not self.accepting:
             raise Unavailable("not accepting writes (starting, draining or stopped)",
                               code="not_accepting")
+        if self.follower:
+            raise Unavailable("this node is a replica: writes go to the leader",
+                              code="not_leader")
         with self._queued_lock:
             if self._queued >= self.config.submit_queue_requests_max:
                 raise Unavailable(f"write queue full ({self.config.submit_queue_requests_max}"
@@ -308,6 +315,12 @@ class Committer:
                 elif kind == "hold":
                     name, lsn, fut = obj
                     fut.set_result(self.retention.set_hold(name, lsn))
+                elif kind == "replicate":
+                    frames, fut = obj
+                    fut.set_result(self.replicate(frames))
+                elif kind == "call":
+                    fn, fut = obj
+                    fut.set_result(fn())
                 elif kind == "stop":
                     stop = obj
                 # "tick": nothing of its own; the periodic work below is the point.
@@ -441,7 +454,9 @@ class Committer:
                 earlier.append((p, None, exc))
                 continue
             payload: dict[str, Any] = {"t": ts}
-            if req.type not in (RecordType.SEAL, RecordType.GENESIS):
+            if req.type == RecordType.TERM:
+                payload.update(req.ops[0])  # {"term", "node"}: Engine.write_term
+            elif req.type not in (RecordType.SEAL, RecordType.GENESIS):
                 payload["ops"] = req.ops
             if key is not None:
                 payload["k"] = key
@@ -521,6 +536,53 @@ class Committer:
             self._hand_to_applier(frames, deferred)
         if time.monotonic() - self.retention.gauges_mono >= limits.wal_gauges_refresh_seconds:
             self.retention.update_gauges()
+
+    def replicate(self, frames: list[tuple[int, int, bytes]]) -> int:
+        """A replica's group commit: the leader's (type, lsn, payload) records, in LSN
+        order from this log's end, appended at the leader's LSNs, fdatasynced once and
+        handed to the applier.  Returns the new durable LSN.  A failed write or fsync
+        fences this log, as for the node's own writes."""
+        if self.fenced is not None:
+            raise self.fence_error()
+        w = self.writer
+        assert w.header is not None
+        if not frames:
+            return w.synced_end_lsn
+        if frames[0][1] < w.end_lsn:
+            raise InvalidInput(f"replicated records start at LSN {frames[0][1]}, before the "
+                               f"end of this log ({w.end_lsn})")
+        chunks: list[tuple[int, str, list[tuple[int, int, bytes]]]] = []
+        cur: list[tuple[int, int, bytes]] = []
+        nbytes = 0
+        try:
+            for f in frames:
+                if cur and f[1] >= w.header.end_lsn:
+                    w.write(cur, follow=True)
+                    chunks.append((w.header.base_lsn, w.segment, cur))
+                    cur = []
+                cur.append(f)
+                nbytes += frame_size(len(f[2]))
+            w.write(cur, follow=True)
+            chunks.append((w.header.base_lsn, w.segment, cur))
+            self.timed_sync()
+        except WalOpError as exc:
+            self.fence(exc)
+            raise self.fence_error() from exc
+        end = w.synced_end_lsn
+        self.m.wal_bytes_written_total.inc(nbytes)
+        self.m.wal_records_written_total.inc(len(frames))
+        self.read_index.publish_durable(end)
+        for base, seg_name, part in chunks:
+            group: list[Frame] = [(lsn, rtype, data, lsn - base) for rtype, lsn, data in part]
+
+            def locate(lsn: int, base: int = base, seg_name: str = seg_name
+                       ) -> tuple[str, int]:
+                return seg_name, lsn - base
+
+            self.applier.enqueue(DurableGroup(group, locate, set(), None, _ignore))
+        if time.monotonic() - self.retention.gauges_mono >= limits.wal_gauges_refresh_seconds:
+            self.retention.update_gauges()
+        return end
 
     def _answer_from_earlier(self, p: Pending, key: str, now: float) -> Any:
         """A retry of a write durable before this group: its answer (an outcome), or
@@ -715,6 +777,11 @@ class Committer:
 _FOLLOWING = object()  # a retry that waits for its original's apply
 
 
+def _ignore(_exc: BaseException) -> None:
+    """A replicated group has nobody waiting: the applier's failure fences the state
+    and is reported there."""
+
+
 def _immediate(rtype: RecordType, adm: Any, lsn: int, epoch: int, ts: str
                ) -> WriteResult | None:
     """The response of a write that does not need the state, as the applier would
@@ -731,6 +798,8 @@ def _immediate(rtype: RecordType, adm: Any, lsn: int, epoch: int, ts: str
             "lsn": lsn, "epoch": epoch}, lsn)
     if rtype == RecordType.GENESIS:
         return WriteResult(201, {"opened": 1}, lsn)
+    if rtype == RecordType.TERM:
+        return WriteResult(201, {"lsn": lsn}, lsn)
     return None
 
 

@@ -54,6 +54,7 @@ from ._types import (
     ReplayProgress,
     WriteRequest,
     WriteResult,
+    parse_rfc3339,
 )
 from ._view import AdmissionView
 
@@ -544,6 +545,83 @@ class Engine:
         """Apply every durable group not applied yet, on the calling thread."""
         _, applier = self._parts()
         return applier.run_pending()
+
+    # ------------------------------------------------------------------ replication
+    def on_writer(self, fn: Callable[[], T]) -> cf.Future[T]:
+        """Run ``fn`` on the writer thread between two group commits (at once when the
+        writer has no thread)."""
+        fut: cf.Future[T] = cf.Future()
+        committer, _ = self._parts()
+        if self._writer_alive():
+            committer.queue.put(("call", (fn, fut)))
+        else:
+            with committer.commit_lock:
+                try:
+                    fut.set_result(fn())
+                except BaseException as exc:
+                    fut.set_exception(exc)
+        return fut
+
+    def replicate(self, frames: list[tuple[int, int, bytes]]) -> cf.Future[int]:
+        """Append the leader's records (type, lsn, payload) at their LSNs, durably, on
+        the writer thread; the future holds the new durable LSN.  The applier applies
+        them behind, as it does the node's own."""
+        committer, _ = self._parts()
+        return self.on_writer(lambda: committer.replicate(frames))
+
+    def set_follower(self, follower: bool) -> None:
+        """A replica's engine refuses writes of its own (503 not_leader)."""
+        committer, _ = self._parts()
+        committer.follower = follower
+
+    @property
+    def follower(self) -> bool:
+        return self.committer is not None and self.committer.follower
+
+    def promote(self, timeout_seconds: float) -> None:
+        """A replica becomes the writer of its log: wait until the state has applied
+        every durable record, then load the admission view from it, so that the next
+        write is checked against everything the leader wrote.  Blocking; call after the
+        replication stream has stopped."""
+        committer, applier = self._parts()
+        self.read_index.wait(self.read_index.durable_lsn, timeout_seconds)
+
+        def load() -> AdmissionView:
+            return AdmissionView.load(applier.conn)
+
+        view = applier.call(load).result(timeout_seconds)
+
+        def install() -> None:
+            committer.view = view
+            applier.view = view
+            if applier.last_record_t:
+                committer._last_unix = max(committer._last_unix,
+                                           parse_rfc3339(applier.last_record_t))
+            committer.follower = False
+
+        self.on_writer(install).result(timeout_seconds)
+        self.view = view
+
+    def write_term(self, term: int, node: str, timeout_seconds: float) -> int:
+        """A new leader's first record: TERM ``term`` by ``node``, durable and applied
+        before this returns its LSN.  Every record after it up to the next TERM was
+        written in that term; replicas check their logs against these records."""
+        committer, _ = self._parts()
+        p = Pending(WriteRequest(RecordType.TERM, [{"term": term, "node": node}]))
+
+        def commit() -> None:
+            committer.commit([p])
+
+        self.on_writer(commit).result(timeout_seconds)
+        assert p.future is not None
+        result = p.future.result(timeout_seconds)
+        self.read_index.wait(result.lsn + 1, timeout_seconds)
+        return result.lsn
+
+    def terms(self) -> list[tuple[int, int, str]]:
+        """The leaderships the state has applied: (term, start_lsn, node), oldest
+        first."""
+        return self.read_now(st.list_terms)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> cf.Future[CheckpointReport]:

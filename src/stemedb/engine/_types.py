@@ -167,8 +167,8 @@ class CheckpointReport:
 def validate_request(request: WriteRequest) -> None:
     """Normalize and check a request's ops in place (see stemedb.model)."""
     t = request.type
-    if t == RecordType.GENESIS:
-        raise InvalidInput("the genesis record is written by the engine itself")
+    if t in (RecordType.GENESIS, RecordType.TERM):
+        raise InvalidInput(f"the {t.name.lower()} record is written by the engine itself")
     if t == RecordType.SEAL:
         if request.ops:
             raise InvalidInput("a seal takes no ops")

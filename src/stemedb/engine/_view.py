@@ -71,7 +71,7 @@ class AdmissionView:
         (NotFound for a vote on an assertion that does not exist).  Changes nothing:
         :meth:`advance` does, once the record is planned."""
         first = self.next_id
-        if rtype in (RecordType.SEAL, RecordType.GENESIS):
+        if rtype in (RecordType.SEAL, RecordType.GENESIS, RecordType.TERM):
             return Admission(first, 0, rtype == RecordType.SEAL)
         if self.epoch < 1:
             raise NotFound("no open epoch: the WAL's genesis record has not been applied")

@@ -31,6 +31,7 @@ from ..config import Config
 from ..engine import Engine, RecoveryReport
 from ..errors import StemeError, Unavailable
 from ..metrics import Metrics
+from ._member import Member
 
 log = logging.getLogger("stemedb.server")
 
@@ -61,6 +62,7 @@ class Node:
                  writer_host: Callable[[Callable[[], None]], None] | None = None) -> None:
         self.config = config
         self.m = metrics or Metrics()
+        self._writer_host = writer_host
         self.engine = engine or Engine(config.data_dir, config.engine_config(), metrics=self.m,
                                        writer_host=writer_host)
         self.phase = "starting"
@@ -81,6 +83,23 @@ class Node:
         self._start_lock = threading.Lock()
         self.m.ready.set(0)
         self.m.draining.set(0)
+        settings = config.cluster_settings()
+        self.member: Member | None = None
+        if settings is not None:
+            self.member = Member(self, settings, self.m)
+        else:
+            self.m.cluster_enabled.set(0)
+            self.m.cluster_is_leader.set(1)  # a node of its own is its own leader
+
+    def reopen_engine(self) -> Engine:
+        """A new engine on the same data directory (after a re-seed replaced it):
+        recovered and started.  Blocking."""
+        eng = Engine(self.config.data_dir, self.config.engine_config(), metrics=self.m,
+                     writer_host=self._writer_host)
+        eng.recover()
+        eng.start()
+        self.engine = eng
+        return eng
 
     # ------------------------------------------------------------------ recovery --
     def start_recovery(self) -> asyncio.Future[RecoveryReport]:
@@ -111,6 +130,8 @@ class Node:
 
         def run() -> None:
             try:
+                if self.member is not None:
+                    self.member.prepare()  # a fresh node is seeded from the leader
                 report = self.engine.recover()
                 with self._start_lock:
                     # A stop that came during the replay wins: the engine is not started
@@ -118,6 +139,8 @@ class Node:
                     if self.phase == "stopping":
                         return
                     self.engine.start()
+                    if self.member is not None:
+                        self.member.started(loop)
             except BaseException as exc:  # reported on the loop, never lost with the thread
                 tell(None, exc)
                 return
@@ -161,6 +184,9 @@ class Node:
         elif status is not None and (status.get("archive") or {}).get("refusing_writes"):
             # [archive] on_backlog_full = "refuse_writes" at its cap: writes get 507.
             reason = "archive_backlog_full"
+        elif self.member is not None and self.member.role in (
+                "bootstrapping", "promoting", "reseeding"):
+            reason = f"cluster_{self.member.role}"
         ready = reason is None
         body: dict[str, Any] = {
             "ready": ready, "reason": reason, "phase": progress["phase"],
@@ -268,6 +294,13 @@ class Node:
             self.phase = "stopping"
         self.refresh_ready()
 
+    async def leave_cluster(self) -> None:
+        """Stop streaming and release the lease (a leader hands on at once)."""
+        if self.member is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, self.member.stop)
+            await self.member.aclose()
+
     async def close_engine_if_started(self) -> None:
         """After a stop during replay: a recovery that finished as the signal came may
         have started the engine; close it (its writer runs on the main thread)."""
@@ -294,6 +327,7 @@ class Node:
             "data_dir": self.engine.data_dir,
             "recovery": None if self.recovery is None else asdict(self.recovery),
         }
+        out["cluster"] = None if self.member is None else self.member.node_status()
         return out
 
 

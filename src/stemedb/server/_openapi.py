@@ -108,6 +108,17 @@ SCHEMAS: dict[str, Any] = {
     "VoteInput": _obj({"value": {"type": "integer", "enum": [1, -1]}}, ["value"],
                       closed=True),
     "EmptyInput": {"type": "object", "additionalProperties": False, "maxProperties": 0},
+    "RoleCheck": {"type": "object"},
+    "Cluster": _obj({"name": {"type": "string", "nullable": True},
+                     "leader": {"type": "string", "nullable": True}, "term": _int(),
+                     "members": {"type": "array", "items": {"type": "object"}}},
+                    ["name", "leader", "term", "members"]),
+    "SwitchoverInput": {"type": "object", "additionalProperties": False,
+                        "properties": {"candidate": {"type": "string"}}},
+    "SwitchoverResult": _obj({"leader": {"type": "string"}, "term": _int(),
+                              "url": {"type": "string"}, "seconds": {"type": "number"}},
+                             ["leader", "term"]),
+    "ReadIndex": _obj({"durable_lsn": _int(), "term": _int()}, ["durable_lsn", "term"]),
     "AssertionCreated": _obj({"id": _int(1), "lsn": _int(), "epoch": _int(1),
                               "created_at": _TIME}, ["id", "lsn", "epoch", "created_at"]),
     "AssertionRecord": _obj({
@@ -203,12 +214,14 @@ _ERROR_TEXT = {
     401: "missing or unknown bearer token (auth is on)",
     403: "the token lacks the scope this route needs",
     404: "unknown id",
+    410: "wal_removed: the WAL from that LSN is gone from this node (seed from a snapshot)",
     409: "Idempotency-Key reused with another request",
     413: "body over server.body_bytes_max",
     415: "the body is not application/json",
     502: "archive_error: the archive did not take it (the message has the target's error)",
     500: "wal_fsync_failed: the WAL could not be made durable; outcome unknown",
-    503: "replaying, draining or stopping; retry after Retry-After seconds",
+    503: "replaying, draining or stopping, or (in a cluster) no leader, or not "
+         "acknowledged; retry after Retry-After seconds",
     507: "insufficient_storage: the disk guard refuses writes",
 }
 
@@ -242,6 +255,11 @@ _IDEMPOTENCY_PARAM = {
 }
 _ID_PARAM = {"name": "id", "in": "path", "required": True,
              "schema": _int(1, ID_MAX)}
+
+
+_BINARY = {"description": "WAL frames, or a state copy followed by WAL",
+           "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                               "format": "binary"}}}}
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -454,6 +472,56 @@ def openapi_document(*, auth_enabled: bool, body_bytes_max: int = limits.http_bo
                         {200: _ok(200, "CheckpointReport", "checkpointed"), 400: 400,
                          413: 413, 415: 415, 500: 500, 503: 503}, scope="admin", auth=a,
                         body="EmptyInput", body_required=False, tags=["admin"]),
+        },
+        "/leader": {
+            "get": _op("leaderCheck", "200 only on the leader (for load balancers)",
+                       {200: _ok(200, "RoleCheck", "this node leads"), 503: 503, 400: 400},
+                       scope=None, auth=a, tags=["cluster"]),
+        },
+        "/replica": {
+            "get": _op("replicaCheck", "200 only on a replica that is streaming, within "
+                       "?lag=BYTES of the leader when given",
+                       {200: _ok(200, "RoleCheck", "a streaming replica"), 503: 503,
+                        400: 400},
+                       scope=None, auth=a, tags=["cluster"],
+                       params=[_query("lag", _int(0, ID_MAX), "the most bytes behind the "
+                                                               "leader")]),
+        },
+        "/v1/cluster": {
+            "get": _op("clusterStatus", "The cluster: leader, term, members and their lag",
+                       {200: _ok(200, "Cluster", "the cluster as this node sees it"),
+                        400: 400}, scope="read", auth=a, tags=["cluster"]),
+        },
+        "/v1/admin/switchover": {
+            "post": _op("adminSwitchover", "Hand the leadership to a caught-up replica "
+                        "(planned, lossless); 200 once it leads",
+                        {200: _ok(200, "SwitchoverResult", "the new leader"), 400: 400,
+                         409: 409, 413: 413, 415: 415, 503: 503}, scope="admin", auth=a,
+                        body="SwitchoverInput", body_required=False, tags=["cluster"]),
+        },
+        "/v1/replication/wal": {
+            "get": {**_op("replicationWal", "WAL frames from an LSN, for a replica (long "
+                          "poll)", {200: _BINARY, 409: 409, 410: 410, 400: 400, 503: 503},
+                          scope="replication", auth=a, tags=["replication"],
+                          params=[_query("node", {"type": "string"}, "the replica's name"),
+                                  _query("from", _int(0, ID_MAX), "the replica's durable "
+                                                                  "end"),
+                                  _query("term", _int(0, ID_MAX), "the term of its last "
+                                                                  "record"),
+                                  _query("url", {"type": "string"}, "its URL")]),
+                    },
+        },
+        "/v1/replication/snapshot": {
+            "get": _op("replicationSnapshot", "A copy of the state and the WAL before it, "
+                       "to seed a replica", {200: _BINARY, 400: 400, 409: 409, 503: 503},
+                       scope="replication", auth=a, tags=["replication"],
+                       params=[_query("node", {"type": "string"}, "the replica's name")]),
+        },
+        "/v1/replication/read-index": {
+            "get": _op("replicationReadIndex", "The leader's durable LSN (a replica's "
+                       "linearizable read waits for it)",
+                       {200: _ok(200, "ReadIndex", "the durable LSN"), 400: 400, 409: 409,
+                        503: 503}, scope="replication", auth=a, tags=["replication"]),
         },
         "/v1/admin/backup": {
             "post": _op("adminBackup", "Take a base backup now (needs [archive] url); "

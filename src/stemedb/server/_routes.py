@@ -28,6 +28,18 @@ from ..errors import InvalidInput, StemeError, Unavailable
 from ..model import validate_assertion, validate_batch, validate_vote
 from ..read_index import LsnNotReached, TooStale
 from ..wal import RecordType
+from ._cluster_routes import (
+    admin_switchover,
+    before_ack,
+    check_write,
+    cluster_status,
+    leader_check,
+    replica_check,
+    replica_read_target,
+    replication_read_index,
+    replication_snapshot,
+    replication_wal,
+)
 from ._http import (
     Request,
     Response,
@@ -111,6 +123,7 @@ async def _write(request: Request, rtype: RecordType, ops: list[dict[str, Any]],
                  raw: bytes) -> Response:
     node = request.node
     node.check_writable()
+    check_write(node, request)
     key = idempotency_key(request)
     # The digest covers the route as well as the body: one key reused on another
     # route (another assertion's vote, say) is a conflict, not a replay.
@@ -130,6 +143,7 @@ async def _write(request: Request, rtype: RecordType, ops: list[dict[str, Any]],
         result = await asyncio.shield(fut)
     except Unavailable as exc:
         raise map_unavailable(node, exc) from exc
+    await before_ack(node, result.lsn)
     headers = {"Idempotent-Replayed": "true"} if result.idempotent_replay else None
     return json_response(result.body, result.status, headers)
 
@@ -139,6 +153,7 @@ async def _write_body(request: Request) -> bytes:
     node takes no writes (``_write`` checks again: a drain may start meanwhile)."""
     node = request.node
     node.check_writable()
+    check_write(node, request)
     query_params(request, ())
     return await read_body(request, node.body_bytes_max)
 
@@ -244,9 +259,14 @@ async def _read(request: Request, fn: Callable[[Any], dict[str, Any]],
                 opts: ReadOptions) -> Response:
     node = request.node
     node.check_readable()
+    min_lsn = opts.min_lsn
+    if not opts.stale and min_lsn is None and node.member is not None:
+        target = await replica_read_target(node)
+        if target:
+            min_lsn = target - 1  # waits until the record ending at target is applied
     try:
         result = await node.engine.read_consistent_async(
-            fn, min_lsn=opts.min_lsn, stale=opts.stale,
+            fn, min_lsn=min_lsn, stale=opts.stale,
             max_staleness_seconds=opts.max_staleness_seconds,
             wait_timeout_seconds=node.read_wait_timeout_seconds)
     except (LsnNotReached, TooStale) as exc:
@@ -374,4 +394,13 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/admin/node/drain", admin_drain, "admin", "adminDrain"),
     Route("POST", "/v1/admin/checkpoint", admin_checkpoint, "admin", "adminCheckpoint"),
     Route("POST", "/v1/admin/backup", admin_backup, "admin", "adminBackup"),
+    Route("GET", "/leader", leader_check, None, "leaderCheck"),
+    Route("GET", "/replica", replica_check, None, "replicaCheck"),
+    Route("GET", "/v1/cluster", cluster_status, "read", "clusterStatus"),
+    Route("POST", "/v1/admin/switchover", admin_switchover, "admin", "adminSwitchover"),
+    Route("GET", "/v1/replication/wal", replication_wal, "replication", "replicationWal"),
+    Route("GET", "/v1/replication/snapshot", replication_snapshot, "replication",
+          "replicationSnapshot"),
+    Route("GET", "/v1/replication/read-index", replication_read_index, "replication",
+          "replicationReadIndex"),
 )

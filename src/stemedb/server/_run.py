@@ -178,6 +178,7 @@ async def _lifecycle(node: Node, runner: Listener, stop: asyncio.Event,
                     p.bytes_done, p.bytes_total)
         node.begin_stop()
         await runner.stop()
+        await node.leave_cluster()
         await node.close_engine_if_started()
         return Exit.STOPPED_DURING_REPLAY
     exc = recovered.exception()
@@ -185,6 +186,7 @@ async def _lifecycle(node: Node, runner: Listener, stop: asyncio.Event,
         log.error("recovery failed: %s", exc)
         stopped.cancel()
         await runner.stop()
+        await node.leave_cluster()
         return Exit.RECOVERY_FAILED
     report = recovered.result()
     status = node.engine.status()
@@ -198,6 +200,7 @@ async def _lifecycle(node: Node, runner: Listener, stop: asyncio.Event,
     node.begin_stop()
     # Stops listening first, then waits for in-flight handlers up to the grace.
     await runner.stop()
+    await node.leave_cluster()
     await node.close_engine()
     status = node.engine.status()
     end, ckpt = status["wal"]["end_lsn"], node.engine.checkpoint_lsn

@@ -68,6 +68,7 @@ class RecordType(enum.IntEnum):
     BATCH = 3  # an atomic batch (POST /v1/batch)
     SEAL = 4  # seal the open epoch, open the next (POST /v1/epochs)
     GENESIS = 5  # the first record of a new database: opens epoch 1
+    TERM = 6  # a leader's first record in its term: {"t", "term", "node"}
 
 
 RECORD_TYPES = frozenset(int(t) for t in RecordType)

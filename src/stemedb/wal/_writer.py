@@ -140,8 +140,13 @@ class WalWriter:
         return lsn
 
     # -- writing ------------------------------------------------------------------
-    def write(self, frames: list[tuple[int, int, bytes]]) -> None:
-        """Append (type, lsn, payload) frames at their planned LSNs; no fsync."""
+    def write(self, frames: list[tuple[int, int, bytes]], *, follow: bool = False) -> None:
+        """Append (type, lsn, payload) frames at their planned LSNs; no fsync.
+
+        ``follow``: the frames are another log's (a replica writes its leader's records
+        at the leader's LSNs).  A frame past this segment opens the next segment at the
+        frame's own segment base, so the segments line up with the leader's even after
+        a gap the leader's log has (its ``SKIPS_LSNS`` segments)."""
         assert self.header is not None and self._file is not None
         pending: list[bytes] = []
         want = self.header.base_lsn + self.offset
@@ -149,7 +154,7 @@ class WalWriter:
             if lsn >= self.header.end_lsn:
                 self._flush(pending)
                 pending = []
-                self.rotate()
+                self.rotate(lsn - SEGMENT_HEADER_SIZE if follow else 0)
                 want = self.header.base_lsn + self.offset
             if lsn != want:
                 raise AssertionError(f"planned LSN {lsn} but the log is at {want}")
