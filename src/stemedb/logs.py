@@ -91,6 +91,9 @@ def setup_logging(log_format: str = "plain", level: str = "info",
     # without headers.
     server_log = logging.getLogger("uvicorn.error")
     server_log.setLevel(logging.WARNING)
+    # httpx logs every request at INFO: the cluster's keepalives and the replication
+    # stream would drown the log.  Its warnings stay.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if not any(isinstance(f, _DuplicateParseWarning) for f in server_log.filters):
         # The server's own line names the client and the answer.
         server_log.addFilter(_DuplicateParseWarning())

@@ -40,6 +40,9 @@ from ._routes import ROUTES, Route
 
 log = logging.getLogger("stemedb.server")
 
+# Load balancers ask these many times a second; their 503 is an answer, not a fault.
+QUIET_503_ROUTES = frozenset({"/leader", "/replica"})
+
 # The method label of the request metrics takes these values only, so a client
 # sending made-up methods cannot grow the series without bound.
 _METHOD_LABELS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
@@ -147,7 +150,7 @@ class App:
             resp = await route.handler(request)
         except StemeError as exc:
             resp = error_response(exc)
-            if exc.http_status >= 500:
+            if exc.http_status >= 500 and template not in QUIET_503_ROUTES:
                 log.warning("%s %s -> %d %s: %s", method_name, template, exc.http_status,
                             exc.code, exc.message)
         except Exception as exc:

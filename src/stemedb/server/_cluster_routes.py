@@ -173,8 +173,10 @@ async def admin_switchover(request: Request) -> Response:
 # -- the replication stream (leader side) -------------------------------------------------
 
 def _leading(node: Node) -> Member:
+    """The leader, for its replicas: while it holds the key, fenced by a switchover
+    or not (a candidate catches up through the stream)."""
     member = _member(node)
-    if not member.is_leader:
+    if member.role != "leader" or member.leadership.held_term is None:
         raise _not_leader(member)
     return member
 
@@ -224,7 +226,7 @@ async def replication_wal(request: Request) -> Response:
                                                           rlimits.poll_wait_seconds)
     headers = {TERM_HEADER: str(member.log_term), DURABLE_HEADER: str(durable),
                SEGMENT_SIZE_HEADER: str(eng.config.segment_size_bytes)}
-    if durable <= start or not member.is_leader:
+    if durable <= start or member.leadership.held_term is None:
         return Response(b"", content_type=OCTETS, headers={**headers, NEXT_HEADER: str(start)})
     try:
         chunk = await loop.run_in_executor(None, src.read, start, durable,

@@ -27,6 +27,7 @@ from ..engine import WriteRequest
 from ..errors import InvalidInput, StemeError, Unavailable
 from ..model import validate_assertion, validate_batch, validate_vote
 from ..read_index import LsnNotReached, TooStale
+from ..replication import TERM_HEADER
 from ..wal import RecordType
 from ._cluster_routes import (
     admin_switchover,
@@ -144,7 +145,11 @@ async def _write(request: Request, rtype: RecordType, ops: list[dict[str, Any]],
     except Unavailable as exc:
         raise map_unavailable(node, exc) from exc
     await before_ack(node, result.lsn)
-    headers = {"Idempotent-Replayed": "true"} if result.idempotent_replay else None
+    headers = {"Idempotent-Replayed": "true"} if result.idempotent_replay else {}
+    if node.member is not None:
+        # The term the write was acknowledged in: its record lies in that term's span
+        # of the log (a history checker compares the two).
+        headers[TERM_HEADER] = str(node.member.log_term)
     return json_response(result.body, result.status, headers)
 
 
