@@ -19,6 +19,7 @@ _COMMANDS = {
     "wal": ("._wal", "wal"),
     "doctor": ("._doctor", "doctor"),
     "backup": ("._backup", "backup"),
+    "cluster": ("._cluster", "cluster"),
 }
 
 

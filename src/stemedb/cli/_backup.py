@@ -17,13 +17,13 @@ from .. import limits
 from ..archive import ArchiveKey, ArchiveReader, Target, load_key, open_target
 from ..config import load_config
 from ..errors import ArchiveError, ConfigError, InvalidInput, StemeError
+from ._http import DEFAULT_SERVER, call_server
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_OK = 0
 EXIT_FAULT = 1  # a gap, a damaged object, an unreachable target, a failed drill
 EXIT_GAPS = EXIT_FAULT
 EXIT_USAGE = 2
-DEFAULT_SERVER = "http://127.0.0.1:18180"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -165,27 +165,8 @@ def backup_create(server: str, token: str | None, timeout_seconds: float,
     Example:
       stemedb backup create --server http://127.0.0.1:18180
     """
-    import httpx
-
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        r = httpx.post(server.rstrip("/") + "/v1/admin/backup", headers=headers,
-                       timeout=timeout_seconds)
-    except httpx.HTTPError as exc:
-        click.echo(f"error: {server}: {exc}", err=True)
-        click.echo("Try: is the server running? --server URL (or STEMEDB_SERVER)", err=True)
-        sys.exit(EXIT_USAGE)
-    try:
-        body = r.json()
-    except ValueError:
-        body = {"error": {"message": r.text[:500]}}
-    if r.status_code != 201:
-        err = body.get("error") or {}
-        click.echo(f"error: HTTP {r.status_code} {err.get('code', '')}: "
-                   f"{err.get('message', body)}", err=True)
-        if err.get("hint"):
-            click.echo(f"Try: {err['hint']}", err=True)
-        sys.exit(EXIT_FAULT)
+    body = call_server(server, "POST", "/v1/admin/backup", token=token,
+                       timeout_seconds=timeout_seconds, ok=201)
     if as_json:
         _echo_json(body)
     else:

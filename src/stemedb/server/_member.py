@@ -345,8 +345,8 @@ class Member:
             self.m.replication_diverged_bytes_total.inc(end - at)
             log.error("cluster %s: %s set aside WAL LSN %d..%d that the leader does not "
                       "have (with the state and every segment) in %s; `stemedb wal dump "
-                      "--wal-dir %s/wal` shows the records", self.s.name, self.s.node_name,
-                      at, end, dest, dest)
+                      "--data-dir %s --from-lsn %d` shows the records", self.s.name,
+                      self.s.node_name, at, end, dest, dest, at)
         self.set_aside.append({"from_lsn": at, "to_lsn": end, "dir": dest,
                                "reason": outcome.kind, "time_unix": time.time()})
         while not self._stop.is_set():  # bounded by stop()
