@@ -407,6 +407,26 @@ def test_dashboard_covers_the_wal_health_signals() -> None:
         assert name in used, name
 
 
+def test_dashboard_covers_the_cluster() -> None:
+    used: set[str] = set()
+    for expr in dashboard_exprs():
+        used |= metric_names_in(expr)
+    for name in (
+        "stemedb_cluster_is_leader",
+        "stemedb_cluster_term",
+        "stemedb_cluster_leader_changes_total",
+        "stemedb_replication_lag_bytes",
+        "stemedb_replication_lag_seconds",
+        "stemedb_replication_connected",
+        "stemedb_replication_hold_dropped_total",
+        "stemedb_replication_streaming",
+        "stemedb_replication_received_bytes_total",
+        "stemedb_replication_reseeds_total",
+        "stemedb_replication_diverged_bytes_total",
+    ):
+        assert name in used, name
+
+
 def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     # promtool parses every expression of a rule file: wrap each query in a recording rule,
     # with Grafana's variables replaced by values Prometheus understands.
