@@ -23,6 +23,9 @@ from stemedb.metrics import Metrics
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "ops" / "prometheus" / "stemedb.rules.yml"
 RULES_TEST = ROOT / "ops" / "prometheus" / "stemedb.rules.test.yml"
+# NoLeader's cases, evaluated every 5 s: a failover takes seconds (see the file's header).
+RULES_FAILOVER_TEST = ROOT / "ops" / "prometheus" / "stemedb.rules.failover.test.yml"
+RULES_TESTS = (RULES_TEST, RULES_FAILOVER_TEST)
 PROMETHEUS_EXAMPLE = ROOT / "ops" / "prometheus" / "prometheus.example.yml"
 DASHBOARD = ROOT / "ops" / "grafana" / "stemedb-wal-health.json"
 RUNBOOKS = ROOT / "docs" / "operations" / "runbooks"
@@ -139,9 +142,9 @@ def test_promtool_check_rules() -> None:
 
 
 def test_promtool_test_rules() -> None:
-    proc = run_promtool("test", "rules", str(RULES_TEST))
+    proc = run_promtool("test", "rules", *map(str, RULES_TESTS))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS" in proc.stdout
+    assert proc.stdout.count("SUCCESS") == len(RULES_TESTS), proc.stdout
 
 
 def test_promtool_test_rules_catches_a_broken_rule(tmp_path: Path) -> None:
@@ -156,6 +159,21 @@ def test_promtool_test_rules_catches_a_broken_rule(tmp_path: Path) -> None:
     proc = run_promtool("test", "rules", str(tmp_path / RULES_TEST.name))
     assert proc.returncode != 0
     assert "WALFsyncSlow" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("duration", ["10s", "25s", "35s", "1m"])
+def test_no_leader_unit_tests_pin_its_30s(tmp_path: Path, duration: str) -> None:
+    # Shorter, a failover within 15 s would page; longer, a cluster without a leader would
+    # page late.  The 5 s evaluation tells either from 30 s.
+    text = RULES.read_text()
+    start = text.index("- alert: NoLeader")
+    end = text.index("for: 30s", start)
+    broken = text[:end] + f"for: {duration}" + text[end + len("for: 30s") :]
+    (tmp_path / RULES.name).write_text(broken)
+    (tmp_path / RULES_FAILOVER_TEST.name).write_text(RULES_FAILOVER_TEST.read_text())
+    proc = run_promtool("test", "rules", str(tmp_path / RULES_FAILOVER_TEST.name))
+    assert proc.returncode != 0, duration
+    assert "NoLeader" in proc.stdout + proc.stderr
 
 
 def test_prometheus_example_config_loads_the_rules() -> None:
@@ -224,6 +242,23 @@ def test_every_alert_is_labelled_annotated_and_has_a_runbook() -> None:
         assert (RUNBOOKS / f"{name}.md").is_file(), f"missing runbook for {name}"
 
 
+def test_no_leader_is_judged_per_scrape_job() -> None:
+    (rule,) = [r for r in alert_rules() if r["alert"] == "NoLeader"]
+    assert rule["for"] == "30s"
+    assert rule["labels"]["severity"] == "critical"
+    # One cluster per job; standalone nodes (enabled 0, their own leader) are left out.
+    assert "max by (job) (stemedb_cluster_enabled) == 1" in rule["expr"]
+    assert "stemedb_cluster_enabled == 1" in rule["expr"].split("unless", 1)[1]
+
+
+def test_replica_alerts_read_only_the_leaders_view() -> None:
+    for rule in alert_rules():
+        if rule["alert"] in ("ReplicaLagHigh", "ReplicaDisconnected"):
+            if "stemedb_replication_hold_dropped_total" in rule["expr"]:
+                continue  # a drop in the last hour stays true after a leader change
+            assert "and on (instance, job) stemedb_cluster_is_leader == 1" in rule["expr"]
+
+
 def test_alerts_with_one_name_differ_in_labels() -> None:
     # Two rules with one alert name and the same labels would produce duplicate alerts.
     seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
@@ -234,7 +269,7 @@ def test_alerts_with_one_name_differ_in_labels() -> None:
 
 
 def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
-    tests = yaml.safe_load(RULES_TEST.read_text())["tests"]
+    tests = [case for path in RULES_TESTS for case in yaml.safe_load(path.read_text())["tests"]]
     fires: dict[str, set[str]] = {}
     quiet: set[str] = set()
     for case in tests:
@@ -250,8 +285,9 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
     for name in alert_names():
         assert name in fires, f"no unit test where {name} fires"
         assert name in quiet, f"no unit test where {name} stays quiet"
-    tiers = {r["labels"]["tier"] for r in alert_rules() if r["alert"] == "WALDiskNearlyFull"}
-    assert fires["WALDiskNearlyFull"] == tiers
+    for name in alert_names():
+        tiers = {r["labels"].get("tier", "") for r in alert_rules() if r["alert"] == name}
+        assert fires[name] == tiers, f"{name}: tiers that never fire in a unit test"
 
 
 # --- metric names in the rules and the dashboard --------------------------------------------
@@ -367,6 +403,26 @@ def test_dashboard_covers_the_wal_health_signals() -> None:
         "stemedb_group_commit_batch_records_bucket",
         "stemedb_wal_hold_lag_bytes",
         "process_resident_memory_bytes",
+    ):
+        assert name in used, name
+
+
+def test_dashboard_covers_the_cluster() -> None:
+    used: set[str] = set()
+    for expr in dashboard_exprs():
+        used |= metric_names_in(expr)
+    for name in (
+        "stemedb_cluster_is_leader",
+        "stemedb_cluster_term",
+        "stemedb_cluster_leader_changes_total",
+        "stemedb_replication_lag_bytes",
+        "stemedb_replication_lag_seconds",
+        "stemedb_replication_connected",
+        "stemedb_replication_hold_dropped_total",
+        "stemedb_replication_streaming",
+        "stemedb_replication_received_bytes_total",
+        "stemedb_replication_reseeds_total",
+        "stemedb_replication_diverged_bytes_total",
     ):
         assert name in used, name
 
