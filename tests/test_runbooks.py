@@ -63,13 +63,6 @@ ROUTES = {
     ("GET", "/leader"),
     ("GET", "/replica"),
 }
-# Commands of the contract (SPEC.md, "Cluster") that the cluster runbooks name, with the
-# flags the contract gives them.  Checked against this table only while the CLI lacks
-# them; once it has them, against the CLI like every other command.
-CONTRACT_COMMANDS = {
-    ("cluster", "status"): {"--server"},
-    ("cluster", "switchover"): {"--candidate"},
-}
 STEMEDB_URL = re.compile(r"https?://(?:localhost|127\.0\.0\.1):1818\d(/[^\s\"'`)]*)?")
 
 # Lines the seed runbook (seeds/004) gives, which WALFsyncFailure.md keeps verbatim.
@@ -170,19 +163,6 @@ def resolve_cli(tokens: list[str]) -> tuple[click.Command, list[str]]:
         command = sub
     assert not isinstance(command, click.Group), f"incomplete command: {tokens}"
     return command, rest
-
-
-def contract_command(tokens: list[str]) -> tuple[set[str], list[str]] | None:
-    """The contract's flags and the remaining tokens, for a command the CLI lacks yet."""
-    if tokens[0] != "stemedb" or len(tokens) < 3:
-        return None
-    key = (tokens[1], tokens[2])
-    if key not in CONTRACT_COMMANDS:
-        return None
-    group = stemedb_cli.get_command(click.Context(stemedb_cli), key[0])
-    if isinstance(group, click.Group) and group.get_command(click.Context(group), key[1]):
-        return None
-    return CONTRACT_COMMANDS[key], tokens[3:]
 
 
 def options_of(command: click.Command) -> set[str]:
@@ -318,13 +298,10 @@ def test_cli_resolution_rejects_unknown_commands_and_flags() -> None:
         resolve_cli(["stemedb", "wal", "rebuild"])
     assert "--truncate-at" in options_of(wal_repair_command)
     assert "--from-replica" not in options_of(wal_repair_command)
-    # A contract command is known by its contract flags only; other names still fail.
     with pytest.raises(AssertionError):
         resolve_cli(["stemedb", "cluster", "failover"])
-    assert contract_command(["stemedb", "cluster", "failover"]) is None
-    contract = contract_command(["stemedb", "cluster", "switchover", "--candidate", "db2"])
-    if contract is not None:  # until the CLI has `cluster switchover`
-        assert contract == ({"--candidate"}, ["--candidate", "db2"])
+    command, rest = resolve_cli(["stemedb", "cluster", "switchover", "--candidate", "db2"])
+    assert "--candidate" in options_of(command) and rest == ["--candidate", "db2"]
 
 
 def test_stemedb_commands_exist_with_their_flags() -> None:
@@ -334,12 +311,8 @@ def test_stemedb_commands_exist_with_their_flags() -> None:
         for tokens in shell_commands(path.read_text()):
             if tokens[0] not in programs or tokens == ["stemedb"]:
                 continue  # a bare `stemedb` is the name, not a command
-            contract = contract_command(tokens)
-            if contract is not None:
-                known, rest = contract
-            else:
-                command, rest = resolve_cli(tokens)
-                known = options_of(command)
+            command, rest = resolve_cli(tokens)
+            known = options_of(command)
             for token in rest:
                 if token.startswith("--"):
                     flag = token.split("=", 1)[0]

@@ -259,6 +259,9 @@ class Member:
             self._demote()
 
     def _leader_ref(self) -> LeaderRef | None:
+        held = self.leadership.held_term
+        if held is not None:  # newer than the last view when the campaign just won
+            return LeaderRef(self.s.node_name, self.s.advertise_url, held)
         view = self.leadership.last_view
         if view is None or view.leader is None:
             return None
@@ -442,7 +445,8 @@ class Member:
         """``GET /v1/cluster``."""
         lead = self.leadership
         view = lead.last_view
-        leader = view.leader if view is not None else None
+        ref = self._leader_ref()
+        leader = ref if ref is not None and ref.node else None
         mine = self.replicas.status() if self.role == "leader" else {}
         members = []
         for name, rec in sorted((view.members if view is not None else {}).items()):
