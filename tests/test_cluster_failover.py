@@ -210,3 +210,20 @@ def test_a_replica_far_behind_reseeds_from_a_snapshot(tmp_path: Path) -> None:
         assert [a["reason"] for a in status["set_aside"]] == ["gone"]
         from tests._cluster import read_all
         assert read_all(c, gone) == read_all(c, lead)
+
+
+def test_kill9_of_a_replica_mid_stream_and_back(cluster_k1: Cluster) -> None:
+    """The replica's own WAL may end torn; it recovers it, streams on, and with K = 1
+    the leader goes on acknowledging through the other replica meanwhile."""
+    c = cluster_k1
+    with Load(c) as load:
+        load.wait_acked(50, timeout_seconds=20)
+        lead = c.leader()
+        victim = next(n for n in c.nodes if n != lead)
+        c.kill(victim)
+        load.wait_acked(50, timeout_seconds=20)
+        c.nodes[victim].start(wait="healthy")
+        c.wait_streaming(victim, timeout_seconds=60)
+        load.wait_acked(50, timeout_seconds=20)
+    check_history(c, load, lossless=True)
+    assert c.leader() == lead
