@@ -353,7 +353,7 @@ class Leadership:
             node=self.node, url=self.url,
             role="leader" if self._holding is not None else "replica",
             applied_lsn=pos.applied_lsn, durable_lsn=pos.durable_lsn,
-            term=self._last_seen_term), lease_id)
+            term=self._last_seen_term, log_term=pos.log_term), lease_id)
 
     # --- the thread -------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ class Positions(NamedTuple):
 
     applied_lsn: int  # the state holds every record below it
     durable_lsn: int  # the WAL is synced up to it
+    log_term: int = 0  # the term of the last TERM record in the WAL (0: none)
 
 
 class LeaderRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,6 +51,9 @@ class MemberRecord(msgspec.Struct, frozen=True, kw_only=True):
     applied_lsn: int
     durable_lsn: int
     term: int  # the last leader term this member has seen (0: none yet)
+    # The term the member's log was last written in: (log_term, durable_lsn) orders
+    # logs by how up to date they are, as Raft's election rule does.
+    log_term: int = 0
 
 
 class HistoryRecord(msgspec.Struct, frozen=True, kw_only=True):

@@ -46,11 +46,11 @@ from ..cluster import (
     EtcdClient,
     Leadership,
     Positions,
-    failover_eligibility,
 )
 from ..config import ClusterSettings
 from ..metrics import Metrics
 from ..replication import (
+    HOLD_PREFIX,
     SNAPSHOT_LSN_HEADER,
     SNAPSHOT_SEGMENT_HEADER,
     SNAPSHOT_SHA256_HEADER,
@@ -114,11 +114,15 @@ class Member:
         if not eng.started:
             return Positions(0, 0)
         ri = eng.read_index
-        return Positions(ri.applied_lsn, ri.durable_lsn)
+        return Positions(ri.applied_lsn, ri.durable_lsn, self.log_term)
 
     @property
     def log_term(self) -> int:
-        return self.history[-1].term if self.history else 0
+        """The term of the last TERM record in this node's log (the receiver's copy
+        of the history is the newer one while it streams)."""
+        r = self.receiver
+        history = r.history if r is not None else self.history
+        return history[-1].term if history else 0
 
     def _eligible(self, view: ClusterView) -> bool:
         if self.role == "bootstrapping":
@@ -128,14 +132,33 @@ class Member:
                 if name != self.s.node_name)
         if self.role != "replica":
             return False
-        if view.status is not None and self.log_term < view.status.term:
-            # This log has not followed the last leader: it may miss what it wrote, or
-            # hold what it never had (a former leader's tail).
+        if view.status is not None and self.log_term < view.status.term \
+                and not self._prefix_of_last_term(view.status.term):
+            # This log has not followed the last leader: it may hold what that leader
+            # never had (a former leader's tail).
             return False
-        return failover_eligibility(self.s.node_name, self._positions,
-                                    self.s.maximum_lag_on_failover_bytes)(view)
+        mine = self._positions()
+        if view.status is not None and \
+                view.status.durable_lsn - mine.durable_lsn > self.s.maximum_lag_on_failover_bytes:
+            return False
+        # No member may hold a more up-to-date log: a newer last term, or the same
+        # term and more of it.  A former leader's forked tail is in an older term, so
+        # it does not outrank the log that followed the newer leader.
+        return all((m.log_term, m.durable_lsn) <= (mine.log_term, mine.durable_lsn)
+                   for name, m in view.members.items() if name != self.s.node_name)
 
     # -- start and stop ---------------------------------------------------------------------
+    def _prefix_of_last_term(self, last_term: int) -> bool:
+        """Whether this log, though it never saw ``last_term``'s TERM record, is a
+        prefix of that leader's log: it followed the term before it and ends at or
+        before the LSN where ``last_term`` began (etcd's history record)."""
+        history = self.leadership.store.history()
+        starts = {h.term: h.start_lsn for h in history}
+        earlier = [h.term for h in history if h.term < last_term]
+        if last_term not in starts or not earlier or max(earlier) != self.log_term:
+            return False
+        return self._positions().durable_lsn <= starts[last_term]
+
     def prepare(self) -> None:
         """Before recovery, on the recovery thread: a data directory with no state is
         seeded from the leader, or left to become a new cluster's first leader."""
@@ -174,6 +197,12 @@ class Member:
         self.loop = loop
         eng = self.node.engine
         self.history = [Term(*t) for t in eng.terms()]
+        for name in eng.holds():
+            if name.startswith(HOLD_PREFIX):
+                # Replicas of an earlier leadership of this node: a new leadership
+                # holds WAL for the replicas that stream from it then.
+                eng.set_hold(name, -1).result(rlimits.promote_timeout_seconds)
+                log.info("released the WAL hold %s of an earlier leadership", name)
         if self.role == "bootstrapping":
             self.role = "replica"
         eng.set_follower(True)
@@ -275,10 +304,11 @@ class Member:
         r.start()
 
     def _stop_receiver(self) -> None:
-        r, self.receiver = self.receiver, None
+        r = self.receiver
         if r is not None:
             r.stop()
             self.history = list(r.history)
+        self.receiver = None
 
     def _promote(self, term: int) -> None:
         self.role = "promoting"
