@@ -95,9 +95,10 @@ def test_members_replicate_over_https_with_a_replication_token(tmp_path: Path) -
         with nodes["a"].client(headers=h) as c:
             replicas = c.get("/v1/admin/status").json()["cluster"]["replicas"]
         assert set(replicas) == {"b"}
-        with httpx.Client(verify=True, timeout=5) as plain:  # the system's CAs only
-            with pytest.raises(httpx.ConnectError):
-                plain.get(nodes["a"].url + "/leader")
+        # With the system's CAs only, the members' certificates are not trusted.
+        with httpx.Client(verify=True, timeout=5) as plain, \
+                pytest.raises(httpx.ConnectError):
+            plain.get(nodes["a"].url + "/leader")
     finally:
         for p in nodes.values():
             p.stop()
