@@ -212,3 +212,35 @@ def test_cluster_config_is_checked_at_start(tmp_path: Path) -> None:
         out = run_serve(tmp_path, ["--config", str(cfg), "--data-dir", str(tmp_path / "d")])
         assert out.returncode == 2, (toml, out.stderr)
         assert words in out.stderr, (toml, out.stderr)
+
+
+def test_a_node_holding_another_database_is_refused_and_kept(cluster: Cluster,
+                                                              tmp_path: Path) -> None:
+    from stemedb.engine import Engine, EngineConfig, WriteRequest
+    from stemedb.wal import RecordType
+    from tests._server import TEST_SEGMENT_SIZE_BYTES, ServerProcess
+
+    data = tmp_path / "data"
+    eng = Engine(data, EngineConfig(segment_size_bytes=TEST_SEGMENT_SIZE_BYTES))
+    eng.recover()
+    eng.start()
+    eng.write(WriteRequest(RecordType.ASSERT, [{"assert": {**A, "subject": "mine"}}]))
+    eng.close()
+    before = sorted(p.name for p in (data / "wal").iterdir())
+    p = ServerProcess(tmp_path, data_dir=data)
+    p.config_path.write_text(
+        f'[cluster]\nname = "test"\nnode_name = "n9"\n'
+        f'advertise_url = "http://127.0.0.1:{p.port}"\n'
+        f'etcd_endpoints = "{cluster.etcd.url}"\nlease_ttl_seconds = 2\n')
+    with p:
+        p.start(wait="healthy")
+        end = time.monotonic() + 20
+        while "holds another database" not in p.log():  # bounded by the deadline
+            assert time.monotonic() < end, p.log()
+            time.sleep(0.05)
+        with p.client() as c:
+            assert c.get("/replica").status_code == 503
+            r = c.get("/v1/assertions", params={"consistency": "stale"})
+            assert [a["subject"] for a in r.json()["items"]] == ["mine"]
+    assert sorted(x.name for x in (data / "wal").iterdir()) == before
+    assert not (data / "diverged").exists()

@@ -370,6 +370,7 @@ def apply_record(conn: sqlite3.Connection, rtype: int, record: Record, lsn: int,
     ts = record.t
     if rtype == RecordType.GENESIS:
         conn.execute("INSERT INTO epochs(n, opened_at) VALUES(1, ?)", (ts,))
+        set_meta(conn, "database_id", database_id(ts))
         c.epoch = 0  # reload on the next record
         return 201, {"opened": 1}
     if rtype == RecordType.TERM:
@@ -633,6 +634,13 @@ def dump(conn: sqlite3.Connection) -> dict[str, Any]:
         "results": conn.execute("SELECT * FROM results ORDER BY epoch, assertion_id"
                                 ).fetchall(),
     }
+
+
+def database_id(genesis_t: str) -> str:
+    """A database's identity: from the time of its genesis record, so that a replay, a
+    restore and a replica's snapshot all carry the same one, and two databases created
+    apart never share it (a member refuses to stream another database's log)."""
+    return hashlib.sha256(f"stemedb-genesis:{genesis_t}".encode()).hexdigest()[:32]
 
 
 def list_terms(conn: sqlite3.Connection) -> list[tuple[int, int, str]]:

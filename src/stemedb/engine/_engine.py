@@ -618,6 +618,11 @@ class Engine:
         self.read_index.wait(result.lsn + 1, timeout_seconds)
         return result.lsn
 
+    def database_id(self) -> str | None:
+        """The identity of the database (None for one created before identities)."""
+        value = self.read_now(lambda conn: st.get_meta(conn, "database_id"))
+        return None if value is None else str(value)
+
     def terms(self) -> list[tuple[int, int, str]]:
         """The leaderships the state has applied: (term, start_lsn, node), oldest
         first."""

@@ -57,6 +57,7 @@ class Receiver:
         self.advertise_url = advertise_url
         self.leader = leader
         self.history = list(history)
+        self.database_id = engine.database_id() or ""
         self.term_seen = max((t.term for t in history), default=0)
         self.headers = headers
         self.verify = verify
@@ -114,13 +115,17 @@ class Receiver:
         try:
             r = client.get(f"{leader.url}/v1/replication/wal", params={
                 "node": self.node, "from": start, "term": last_term,
-                "url": self.advertise_url})
+                "url": self.advertise_url, "database": self.database_id})
         except httpx.HTTPError as exc:
             self.last_error = f"{leader.node} ({leader.url}): {exc!r}"
             return False
         if r.status_code == 409:
             body = _json(r)
             code = (body.get("error") or {}).get("code")
+            if code == "other_database":
+                self._finish(Outcome("refused", (body.get("error") or {}).get(
+                    "message", "another database")))
+                return False
             if code != "log_diverged":
                 self.last_error = f"{leader.node}: 409 {code}"
                 return False

@@ -194,7 +194,7 @@ def _source(node: Node) -> WalSource:
 
 async def replication_wal(request: Request) -> Response:
     node = request.node
-    q = query_params(request, ("node", "from", "term", "url"))
+    q = query_params(request, ("node", "from", "term", "url", "database"))
     for key in ("node", "from", "term"):
         if key not in q:
             raise ApiError(400, "missing_parameter", f"{key} is required")
@@ -206,6 +206,11 @@ async def replication_wal(request: Request) -> Response:
     if term > member.log_term:
         raise ApiError(503, "not_leader", f"{name} has seen term {term}, newer than this "
                        f"leader's {member.log_term}")
+    theirs, ours = q.get("database", ""), member.database_id
+    if theirs and ours and theirs != ours:
+        raise ApiError(409, "other_database", f"{name} holds another database ({theirs}) "
+                       f"than this cluster's ({ours}); it is never overwritten",
+                       hint="move that data directory away to make the node a replica")
     durable = eng.read_index.durable_lsn
     if start > durable or term_at(member.history, start - 1) != term:
         return json_response({"error": {

@@ -90,6 +90,7 @@ class Member:
                                  max_replica_lag_bytes=settings.max_replica_lag_bytes)
         self.role = "bootstrapping"
         self.history: list[Term] = []  # this log's terms (TERM records), oldest first
+        self.database_id = ""  # the state's identity (stemedb.state.database_id)
         self.receiver: Receiver | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.verify: ssl.SSLContext | bool = True
@@ -197,6 +198,7 @@ class Member:
         self.loop = loop
         eng = self.node.engine
         self.history = [Term(*t) for t in eng.terms()]
+        self.database_id = eng.database_id() or ""
         for name in eng.holds():
             if name.startswith(HOLD_PREFIX):
                 # Replicas of an earlier leadership of this node: a new leadership
@@ -396,6 +398,7 @@ class Member:
             return
         eng = node.reopen_engine()
         self.history = [Term(*t) for t in eng.terms()]
+        self.database_id = eng.database_id() or ""
         eng.set_follower(True)
         self.role = "replica"
         log.info("cluster %s: %s re-seeded at LSN %d; streaming from the leader",

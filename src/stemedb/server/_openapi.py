@@ -508,7 +508,9 @@ def openapi_document(*, auth_enabled: bool, body_bytes_max: int = limits.http_bo
                                                                   "end"),
                                   _query("term", _int(0, ID_MAX), "the term of its last "
                                                                   "record"),
-                                  _query("url", {"type": "string"}, "its URL")]),
+                                  _query("url", {"type": "string"}, "its URL"),
+                                  _query("database", {"type": "string"},
+                                         "the identity of its database")]),
                     },
         },
         "/v1/replication/snapshot": {
