@@ -12,7 +12,7 @@ import logging
 import os
 import tempfile
 
-from stemedb.testing.crashsim import SimResult, run_seed
+from stemedb.testing.crashsim import ReplicaSimResult, SimResult, run_replica_seed, run_seed
 
 SEEDS = int(os.environ.get("STEMEDB_SIM_SEEDS", "1000"))
 WORKERS = 2
@@ -61,3 +61,36 @@ def test_same_seed_same_run() -> None:
         a = run_seed(12, tmp)
         b = run_seed(12, tmp)
     assert a == b
+
+
+REPLICA_SEEDS = int(os.environ.get("STEMEDB_SIM_REPLICA_SEEDS", "400"))
+
+
+def _run_replica_range(start: int, stop: int) -> list[ReplicaSimResult] | str:
+    logging.disable(logging.CRITICAL)
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    out = []
+    with tempfile.TemporaryDirectory(prefix="stemedb-rsim-", dir=base) as tmp:
+        for seed in range(start, stop):
+            try:
+                out.append(run_replica_seed(seed, tmp))
+            except Exception as exc:
+                return f"{exc}\nreproduce with seed={seed} (run_replica_seed)"
+    return out
+
+
+def test_replica_crash_simulation_keeps_a_prefix_of_the_leaders_log() -> None:
+    chunk = (REPLICA_SEEDS + WORKERS - 1) // WORKERS
+    ranges = [(i, min(REPLICA_SEEDS, i + chunk)) for i in range(0, REPLICA_SEEDS, chunk)]
+    results: list[ReplicaSimResult] = []
+    with cf.ProcessPoolExecutor(WORKERS) as pool:
+        for got in pool.map(_run_replica_range, *zip(*ranges, strict=True)):
+            assert not isinstance(got, str), got
+            results.extend(got)
+    assert len(results) == REPLICA_SEEDS
+    # Crashes mid-stream, torn replica tails, groups durable though replicate() never
+    # returned, and segment rotations that follow the leader's.
+    assert sum(r.crashed_at_op is not None for r in results) >= REPLICA_SEEDS // 2
+    assert sum(r.torn_tail for r in results) >= REPLICA_SEEDS // 100
+    assert sum(r.recovered_end > r.acked_end for r in results) >= REPLICA_SEEDS // 10
+    assert sum(r.rotations for r in results) >= REPLICA_SEEDS // 4

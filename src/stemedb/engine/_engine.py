@@ -615,6 +615,8 @@ class Engine:
         self.on_writer(commit).result(timeout_seconds)
         assert p.future is not None
         result = p.future.result(timeout_seconds)
+        if not self._background:
+            self.step_apply()  # an engine without threads applies on the caller's
         self.read_index.wait(result.lsn + 1, timeout_seconds)
         return result.lsn
 

@@ -13,7 +13,6 @@ import socket
 from typing import Any
 
 from .. import limits
-from ..archive import WalSource
 from ..archive._wal_source import WalGone
 from ..cluster import ClusterError, NotLeader, SwitchoverFailed
 from ..replication import (
@@ -29,7 +28,6 @@ from ..replication import (
     term_at,
 )
 from ..replication import _limits as rlimits
-from ..storage import OsFileSystem
 from ._http import (
     Request,
     Response,
@@ -181,17 +179,6 @@ def _leading(node: Node) -> Member:
     return member
 
 
-_sources: dict[str, WalSource] = {}
-
-
-def _source(node: Node) -> WalSource:
-    wal_dir = node.engine.wal_dir
-    src = _sources.get(wal_dir)
-    if src is None:
-        src = _sources[wal_dir] = WalSource(OsFileSystem(), wal_dir)
-    return src
-
-
 async def replication_wal(request: Request) -> Response:
     node = request.node
     q = query_params(request, ("node", "from", "term", "url", "database"))
@@ -221,7 +208,7 @@ async def replication_wal(request: Request) -> Response:
             "history": [t._asdict() for t in member.history]}, 409)
     member.replicas.report(name, start, q.get("url", ""))
     loop = asyncio.get_running_loop()
-    src = _source(node)
+    src = member.wal_source()
     first = await loop.run_in_executor(None, src.first_lsn)
     if start < first:
         raise ApiError(410, "wal_removed", f"the WAL from LSN {start} is gone from this "

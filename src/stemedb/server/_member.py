@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from ..archive import WalSource
 from ..cluster import (
     ClusterView,
     EtcdClient,
@@ -66,6 +67,7 @@ from ..replication import (
     set_aside,
 )
 from ..replication import _limits as rlimits
+from ..storage import OsFileSystem
 
 if TYPE_CHECKING:
     from ._node import Node
@@ -106,6 +108,8 @@ class Member:
         self._changes_seen = 0
         self._aclient: httpx.AsyncClient | None = None
         self._refresh_task: asyncio.Task[None] | None = None
+        self._source: WalSource | None = None
+        self._source_engine: object = None
         self.m.cluster_enabled.set(1)
         self.m.cluster_is_leader.set(0)
 
@@ -240,10 +244,11 @@ class Member:
         if was == "leader":
             log.info("cluster %s: %s stopped leading (its lease is released)", self.s.name,
                      self.s.node_name)
-        if self._refresh_task is not None:
-            self._refresh_task.cancel()
 
     async def aclose(self) -> None:
+        """On the loop, after :meth:`stop`."""
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
         if self._aclient is not None:
             await self._aclient.aclose()
 
@@ -405,6 +410,15 @@ class Member:
                  self.s.name, self.s.node_name, eng.read_index.durable_lsn)
 
     # -- what the HTTP layer asks --------------------------------------------------------------
+    def wal_source(self) -> WalSource:
+        """The reader of this node's segments for the stream (one per engine: a re-seed
+        replaces the segments, and the reader caches their headers)."""
+        eng = self.node.engine
+        if self._source is None or self._source_engine is not eng:
+            self._source = WalSource(OsFileSystem(), eng.wal_dir)
+            self._source_engine = eng
+        return self._source
+
     @property
     def is_leader(self) -> bool:
         return self.role == "leader" and self.leadership.may_acknowledge()

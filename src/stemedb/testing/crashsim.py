@@ -17,6 +17,8 @@ retries, epoch seals, checkpoints, holds) against an engine on a
    nothing.
 
 Run more seeds than CI does with ``python -m stemedb.testing.crashsim --seeds 20000``.
+:func:`run_replica_seed` does the same for a replica's write path (the leader's records
+appended at its LSNs): the recovered log is a prefix of the leader's.
 A failure prints ``reproduce with seed=N``.
 """
 
@@ -288,6 +290,142 @@ def run_seed(seed: int, workdir: str, *, fsync: str = "always") -> SimResult:
                      fs.ops if crashed else None, bool(inflight), matched,
                      report.torn_tail is not None, removed, full_checked, groups,
                      unapplied)
+
+
+@dataclass
+class ReplicaSimResult:
+    seed: int
+    records: int  # the leader's records after its genesis
+    acked_end: int  # the end of the last replicate() that returned
+    recovered_end: int  # where the replica's recovered log ends
+    crashed_at_op: int | None
+    torn_tail: bool
+    rotations: int  # segments the replica opened following the leader's
+
+
+def _frames(eng: Engine, fs: SimFileSystem) -> list[tuple[int, int, bytes]]:
+    """(type, lsn, payload) of every record of ``eng``'s log, in order."""
+    from ..archive import WalSource
+    from ..replication import split_frames
+
+    src = WalSource(fs, eng.wal_dir)
+    start, end = src.first_lsn(), eng.read_index.durable_lsn
+    out: list[tuple[int, int, bytes]] = []
+    pos = start + 64
+    while pos < end:  # bounded: each chunk moves pos forward
+        chunk = src.read(pos, end, 1 << 20)
+        out.extend(split_frames(chunk.data, pos))
+        pos = chunk.end_lsn
+    return out
+
+
+def run_replica_seed(seed: int, workdir: str) -> ReplicaSimResult:
+    """A replica's write path under power loss: the leader's records arrive in random
+    groups (replicate(): append at the leader's LSNs, fdatasync, hand to the applier)
+    and the replica's machine crashes at a random operation.  After recovery its log
+    must be a prefix of the leader's, byte for byte at the same LSNs, holding at least
+    every group replicate() returned; its state must equal the leader's state at that
+    prefix; and it must then take the rest and end equal to the leader."""
+    rng = random.Random(seed)
+    base = os.path.join(workdir, f"rseed{seed}")
+    shutil.rmtree(base, ignore_errors=True)
+    lead_dir, rep_dir, ref_dir = (os.path.join(base, d) for d in ("leader", "replica", "ref"))
+    cfg = EngineConfig(segment_size_bytes=SEGMENT_BYTES, disk_reserve_bytes=0,
+                       checkpoint_wal_bytes=10**12, checkpoint_interval_seconds=1e9,
+                       replay_budget_seconds=1e9, idempotency_ttl_seconds=1e12)
+    lfs = SimFileSystem(seed)
+    leader = _engine(lead_dir, lfs, cfg)
+    leader.recover()
+    leader.start()
+    keys: list[tuple[str, WriteRequest]] = []
+    next_id = 1
+    leader.write_term(1, "leader", 10)
+    for _ in range(rng.randint(5, 120)):
+        if rng.random() < 0.15:  # large records: the replica follows segment rotations
+            req = WriteRequest(RecordType.ASSERT, [{"assert": {
+                "subject": "big", "predicate": "p", "object": "x" * rng.randint(2000, 12000),
+                "author": "sim"}}])
+        else:
+            req = _random_request(rng, next_id, keys)
+        validate_request(req)
+        fut = leader.step_commit([req])[0]
+        leader.step_apply()
+        if fut.exception(0) is None and req.type in (RecordType.ASSERT, RecordType.BATCH):
+            next_id += sum(1 for op in req.ops if "assert" in op)
+    frames = _frames(leader, lfs)
+    genesis, rest = frames[0], frames[1:]
+    leader.close()
+    # The replica starts from the same genesis (a snapshot would give it the same).
+    rfs = SimFileSystem(seed + 1, crash_after_ops=rng.randint(1, len(rest) // 2 + 12))
+    replica = _engine(rep_dir, rfs, cfg)
+    acked_end = 0
+    crashed = False
+    rotations = 0
+    try:
+        replica.recover()
+        replica.start()
+        replica.set_follower(True)
+        i = 0
+        while i < len(rest):  # bounded: each group takes at least one record
+            n = rng.randint(1, 12)
+            group = rest[i:i + n]
+            seg = replica.writer.segment if replica.writer is not None else ""
+            acked_end = replica.replicate(group).result(0)
+            if replica.writer is not None and replica.writer.segment != seg:
+                rotations += 1
+            i += n
+            if rng.random() < 0.5:
+                replica.step_apply()
+    except SimCrash:
+        crashed = True
+    finally:
+        replica.abandon()
+    fs2 = rfs.crash_image(random.Random(seed * 104729 + 3))
+    again = _engine(rep_dir, fs2, cfg)
+    try:
+        report = again.recover()
+    except Exception as exc:
+        raise SimFailure(f"replica recovery failed: {exc!r}; last ops: {rfs.log[-8:]}") \
+            from exc
+    end = again.read_index.durable_lsn
+    if end < acked_end:
+        raise SimFailure(f"the replica acknowledged LSN {acked_end} durable but recovered "
+                         f"to {end}")
+    got = _frames(again, fs2)
+    want = [f for f in frames if f[1] < end]
+    if got[:1] and got[0] != genesis:
+        raise SimFailure("the replica's genesis is not the leader's")
+    if got != want:
+        raise SimFailure(f"the replica's recovered log (to {end}) is not the leader's prefix")
+    # Its state equals the same prefix applied without a crash.
+    ref = _engine(ref_dir, SimFileSystem(seed + 2), cfg)
+    ref.recover()
+    ref.start()
+    tail = [f for f in rest if f[1] < end]
+    if tail:
+        ref.replicate(tail).result(0)
+        ref.step_apply()
+    if _dump(os.path.join(ref_dir, "state.sqlite3")) != _dump(
+            os.path.join(rep_dir, "state.sqlite3")):
+        raise SimFailure(f"the replica's recovered state differs from its log's (to {end})")
+    ref.close()
+    # It takes the rest, and ends equal to the leader.
+    again.start()
+    again.set_follower(True)
+    more = [f for f in rest if f[1] >= end]
+    if more:
+        again.replicate(more).result(0)
+    again.step_apply()
+    if _frames(again, fs2) != frames:
+        raise SimFailure("the replica did not end with the leader's log")
+    if _dump(os.path.join(rep_dir, "state.sqlite3")) != _dump(
+            os.path.join(lead_dir, "state.sqlite3")):
+        raise SimFailure("the replica did not end with the leader's state")
+    again.close()
+    shutil.rmtree(base, ignore_errors=True)
+    return ReplicaSimResult(seed, len(rest), acked_end, end,
+                            rfs.ops if crashed else None, report.torn_tail is not None,
+                            rotations)
 
 
 def main(argv: list[str] | None = None) -> int:
