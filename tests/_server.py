@@ -59,6 +59,7 @@ class ServerProcess:
         self.args = args
         self.env = server_env(**(env or {}))
         self.tls = tls  # the client side of a server started with [server] tls_*
+        self.prefix: list[str] = []  # a command that runs the server (strace, say)
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
 
@@ -71,8 +72,8 @@ class ServerProcess:
         """Start; then wait until it serves (``"healthy"``), is ready, or not at all."""
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [*SERVE_CMD, "--config", str(self.config_path), "--data-dir", str(self.data_dir),
-             "--listen", f"{self.host}:{self.port}", *self.args],
+            [*self.prefix, *SERVE_CMD, "--config", str(self.config_path),
+             "--data-dir", str(self.data_dir), "--listen", f"{self.host}:{self.port}", *self.args],
             stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir)
         if wait is not None:
             self.wait_for("/healthz" if wait == "healthy" else "/readyz")

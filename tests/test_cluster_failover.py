@@ -15,6 +15,7 @@ compares them with the final log on every member:
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -227,3 +228,34 @@ def test_kill9_of_a_replica_mid_stream_and_back(cluster_k1: Cluster) -> None:
         load.wait_acked(50, timeout_seconds=20)
     check_history(c, load, lossless=True)
     assert c.leader() == lead
+
+
+def test_a_replica_whose_fsync_fails_fences_itself_and_loses_nothing(
+        cluster_k1: Cluster) -> None:
+    """fdatasync returns EIO on a replica (strace injects it): the replica stops taking
+    the stream, loudly; the leader acknowledges through the other replica; restarted,
+    the replica recovers what it had made durable and catches up."""
+    strace = shutil.which("strace")
+    assert strace, "strace is required (apt-get install strace; .ci/run installs it)"
+    c = cluster_k1
+    lead = c.leader()
+    victim = next(n for n in c.nodes if n != lead)
+    c.nodes[victim].stop()
+    c.nodes[victim].prefix = [strace, "-f", "-o", "/dev/null", "-e", "trace=fdatasync",
+                              "-e", "inject=fdatasync:error=EIO:when=30"]
+    c.nodes[victim].start(wait="healthy")
+    with Load(c) as load:
+        end = time.monotonic() + 60
+        while "Failed to fsync WAL segment" not in c.nodes[victim].log():  # bounded
+            assert time.monotonic() < end, c.nodes[victim].log()[-3000:]
+            time.sleep(0.1)
+        load.wait_acked(50, timeout_seconds=20)
+        m = httpx.get(c.nodes[victim].url + "/metrics", timeout=10).text
+        assert "stemedb_wal_writes_fenced 1.0" in m and "stemedb_ready 0.0" in m
+        assert "writes are fenced until restart" in c.nodes[victim].log()
+        c.nodes[victim].stop()
+        c.nodes[victim].prefix = []
+        c.nodes[victim].start(wait="healthy")
+        c.wait_streaming(victim, timeout_seconds=60)
+        load.wait_acked(50, timeout_seconds=20)
+    check_history(c, load, lossless=True)

@@ -3,7 +3,9 @@
 Every check schemathesis has (``--checks all``) runs over every phase (coverage,
 fuzzing, stateful through the document's links), with auth on, so ``ignored_auth``
 checks that the token is really required.  The drain route is left out: draining
-mid-run would turn every later write into a 503; it has its own tests.
+mid-run would turn every later write into a 503; it has its own tests.  So is
+``/replica``: on a node that is not a streaming replica its answer *is* a 503 (the load
+balancers' check, as Patroni's); tests/test_cluster_node.py covers it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from tests._server import ServerProcess
 TOKEN = "schemathesis-token-7f3a"
 CONFIG = f"""
 [auth]
-tokens = [{{ name = "fuzz", token = "{TOKEN}", scopes = ["read", "write", "admin"] }}]
+tokens = [{{ name = "fuzz", token = "{TOKEN}", scopes = ["read", "write", "admin",
+                                                        "replication"] }}]
 
 [read]
 wait_timeout_ms = 20  # a min_lsn beyond the WAL is 503 lsn_not_reached after this wait
@@ -75,7 +78,8 @@ def test_schemathesis_finds_no_server_errors_and_no_schema_violations(
     before = _server_errors(server)
     cmd = [sys.executable, "-m", "schemathesis.cli", "run", f"{server.url}/openapi.json",
            "--checks", "all", "--header", f"Authorization: Bearer {TOKEN}",
-           "--exclude-path", "/v1/admin/node/drain", "--max-examples", str(MAX_EXAMPLES),
+           "--exclude-path", "/v1/admin/node/drain", "--exclude-path", "/replica",
+           "--max-examples", str(MAX_EXAMPLES),
            "--seed", str(SEED), "--no-color", "--request-timeout", "30"]
     (tmp_path / "stemedb_schemathesis_hooks.py").write_text(HOOKS)
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "stemedb_schemathesis_hooks",

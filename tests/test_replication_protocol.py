@@ -134,6 +134,8 @@ def test_a_replica_engine_writes_the_leaders_records_at_its_lsns(tmp_path: Path)
         assert replica.read_now(st.dump)["assertions"] == leader_state["assertions"]
         assert replica.terms() == [(3, frames[0][1], "leader")]
         replica.promote(10)
+        with pytest.raises(Exception, match="replicated records are refused"):
+            replica.replicate(frames[-1:]).result(10)
         lsn = replica.write_term(4, "replica", 10)
         assert lsn == leader_end
         r = replica.write(_assert(99))

@@ -334,14 +334,19 @@ class Leadership:
                 and view.switchover.candidate == self.node:
             self.store.delete_switchover(h.term)  # the switchover it asked for is done
         self._publish_member()
-        if self._holding is None and leader is None and self._may_campaign(view):
-            self.campaign()
+        if self._holding is None and leader is None and self._may_campaign(view) \
+                and self.campaign() and view.switchover is not None:
+            h = self._holding
+            if h is not None and view.switchover.candidate == self.node:
+                self.store.delete_switchover(h.term)  # done: the next one may start
 
     def _may_campaign(self, view: ClusterView) -> bool:
+        if view.switchover is not None:
+            # The named candidate goes at once, even within its own hold-off (it may
+            # have stepped down from an earlier switchover moments ago).
+            return view.switchover.candidate == self.node
         if self.clock() < self._hold_off_until_mono:
             return False
-        if view.switchover is not None:
-            return view.switchover.candidate == self.node
         return self.eligible(view)
 
     def _publish_member(self) -> None:

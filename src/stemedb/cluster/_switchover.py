@@ -68,7 +68,9 @@ def switchover(leadership: Leadership, candidate: str, *,
     record = SwitchoverRecord(leader=lead.node, candidate=candidate, term=term)
     if not store.put_switchover(term, record, grant.lease_id, create=True):
         client.lease_revoke(grant.lease_id)
-        raise SwitchoverFailed("another switchover is pending, or this node lost the lead")
+        raise SwitchoverFailed("another switchover is pending (or its candidate has not yet "
+                               "cleared it), or this node lost the lead",
+                               hint="retry in a second")
     lead.fence(f"switchover to {candidate}")
     try:
         target = lead.positions().durable_lsn  # after the fence: every ack is below it

@@ -544,6 +544,10 @@ class Committer:
         fences this log, as for the node's own writes."""
         if self.fenced is not None:
             raise self.fence_error()
+        if not self.follower:
+            # Promoted (on this thread, so no group can slip in after): the log is ours.
+            raise Unavailable("this node writes its own log now: replicated records are "
+                              "refused", code="not_follower")
         w = self.writer
         assert w.header is not None
         if not frames:

@@ -6,6 +6,9 @@ MiB = 1024 * 1024
 
 # --- the stream (leader side) -------------------------------------------------------
 poll_wait_seconds = 1.0  # a stream request with nothing new waits this long for WAL
+# ... and this long while a switchover fences the leader: the candidate, caught up,
+# stops its stream to take over without waiting out a long poll.
+fenced_poll_wait_seconds = 0.05
 batch_bytes_max = 4 * MiB  # WAL bytes one stream response carries (at least one record)
 hold_update_seconds = 1.0  # a replica's WAL hold moves at most this often
 disconnect_seconds = 10.0  # a replica that has not asked for WAL this long: disconnected

@@ -67,6 +67,7 @@ class Receiver:
         self.leader_durable = 0  # the leader's durable LSN, as its last answer said
         self.last_error = ""
         self._stop = threading.Event()
+        self._write_lock = threading.Lock()  # held from the stop check to the write's end
         self.done = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -74,11 +75,13 @@ class Receiver:
         self._thread = threading.Thread(target=self._run, name="stemedb-replica", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout_seconds: float = limits.request_timeout_seconds) -> None:
+    def stop(self) -> None:
+        """After this returns, nothing more is written to the log by this receiver.
+        It does not wait for a stream request in flight (a paused leader may hold it
+        for the request's whole timeout): its answer is dropped when it comes."""
         self._stop.set()
-        t = self._thread
-        if t is not None:
-            t.join(timeout_seconds)
+        with self._write_lock:  # a group being written finishes first
+            pass
 
     def _finish(self, outcome: Outcome) -> None:
         self.outcome = outcome
@@ -171,13 +174,16 @@ class Receiver:
             self.last_error = str(exc)
             log.error("%s", exc)
             return False
-        self.engine.replicate(frames).result(limits.promote_timeout_seconds)
+        with self._write_lock:
+            if self._stop.is_set():
+                return False  # stopped while the request was out: the answer is dropped
+            self.engine.replicate(frames).result(limits.promote_timeout_seconds)
+            for rtype, lsn, payload in frames:
+                if rtype == RecordType.TERM:
+                    rec = json.loads(payload)
+                    self.history.append(Term(int(rec["term"]), lsn, str(rec["node"])))
+                    self.term_seen = max(self.term_seen, int(rec["term"]))
         self.m.replication_received_bytes_total.inc(len(r.content))
-        for rtype, lsn, payload in frames:
-            if rtype == RecordType.TERM:
-                rec = json.loads(payload)
-                self.history.append(Term(int(rec["term"]), lsn, str(rec["node"])))
-                self.term_seen = max(self.term_seen, int(rec["term"]))
         return True
 
 

@@ -214,8 +214,9 @@ async def replication_wal(request: Request) -> Response:
         raise ApiError(410, "wal_removed", f"the WAL from LSN {start} is gone from this "
                        f"node (its oldest segment starts at LSN {first})")
     if durable <= start:
-        durable = await eng.read_index.wait_durable_async(start + 1,
-                                                          rlimits.poll_wait_seconds)
+        wait = (rlimits.fenced_poll_wait_seconds if member.leadership.fenced
+                else rlimits.poll_wait_seconds)
+        durable = await eng.read_index.wait_durable_async(start + 1, wait)
     headers = {TERM_HEADER: str(member.log_term), DURABLE_HEADER: str(durable),
                SEGMENT_SIZE_HEADER: str(eng.config.segment_size_bytes)}
     if durable <= start or member.leadership.held_term is None:
@@ -233,13 +234,14 @@ async def replication_wal(request: Request) -> Response:
 async def replication_snapshot(request: Request) -> Response:
     node = request.node
     q = query_params(request, ("node",))
-    name = parse_text("node", q.get("node", ""), NODE_NAME_BYTES_MAX)
+    if "node" not in q:
+        raise ApiError(400, "missing_parameter", "node is required")
+    name = parse_text("node", q["node"], NODE_NAME_BYTES_MAX)
     member = _leading(node)
     eng = node.engine
     loop = asyncio.get_running_loop()
     snap = await loop.run_in_executor(None, take, eng.db_path, eng.wal_dir, eng.data_dir)
-    if name:
-        member.replicas.report(name, snap.lsn)
+    member.replicas.report(name, snap.lsn)
     return Response(snap.state + snap.segment_prefix, content_type=OCTETS, headers={
         SNAPSHOT_LSN_HEADER: str(snap.lsn), SNAPSHOT_SEGMENT_HEADER: snap.segment,
         SNAPSHOT_STATE_BYTES_HEADER: str(len(snap.state)),

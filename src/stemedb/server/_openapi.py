@@ -257,6 +257,7 @@ _ID_PARAM = {"name": "id", "in": "path", "required": True,
              "schema": _int(1, ID_MAX)}
 
 
+_NODE = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._-]+$"}
 _BINARY = {"description": "WAL frames, or a state copy followed by WAL",
            "content": {"application/octet-stream": {"schema": {"type": "string",
                                                                "format": "binary"}}}}
@@ -503,11 +504,13 @@ def openapi_document(*, auth_enabled: bool, body_bytes_max: int = limits.http_bo
             "get": {**_op("replicationWal", "WAL frames from an LSN, for a replica (long "
                           "poll)", {200: _BINARY, 409: 409, 410: 410, 400: 400, 503: 503},
                           scope="replication", auth=a, tags=["replication"],
-                          params=[_query("node", {"type": "string"}, "the replica's name"),
-                                  _query("from", _int(0, ID_MAX), "the replica's durable "
-                                                                  "end"),
-                                  _query("term", _int(0, ID_MAX), "the term of its last "
-                                                                  "record"),
+                          params=[{**_query("node", _NODE, "the replica's name"),
+                                   "required": True},
+                                  {**_query("from", _int(0, ID_MAX), "the replica's durable "
+                                                                     "end"), "required": True},
+                                  {**_query("term", _int(0, ID_MAX), "the term of its last "
+                                                                     "record"),
+                                   "required": True},
                                   _query("url", {"type": "string"}, "its URL"),
                                   _query("database", {"type": "string"},
                                          "the identity of its database")]),
@@ -517,7 +520,8 @@ def openapi_document(*, auth_enabled: bool, body_bytes_max: int = limits.http_bo
             "get": _op("replicationSnapshot", "A copy of the state and the WAL before it, "
                        "to seed a replica", {200: _BINARY, 400: 400, 409: 409, 503: 503},
                        scope="replication", auth=a, tags=["replication"],
-                       params=[_query("node", {"type": "string"}, "the replica's name")]),
+                       params=[{**_query("node", _NODE, "the replica's name"),
+                                "required": True}]),
         },
         "/v1/replication/read-index": {
             "get": _op("replicationReadIndex", "The leader's durable LSN (a replica's "

@@ -401,6 +401,7 @@ def run_replica_seed(seed: int, workdir: str) -> ReplicaSimResult:
     ref = _engine(ref_dir, SimFileSystem(seed + 2), cfg)
     ref.recover()
     ref.start()
+    ref.set_follower(True)
     tail = [f for f in rest if f[1] < end]
     if tail:
         ref.replicate(tail).result(0)
