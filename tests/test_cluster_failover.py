@@ -259,3 +259,23 @@ def test_a_replica_whose_fsync_fails_fences_itself_and_loses_nothing(
         c.wait_streaming(victim, timeout_seconds=60)
         load.wait_acked(50, timeout_seconds=20)
     check_history(c, load, lossless=True)
+
+
+def test_two_failovers_in_a_row_each_find_a_leader(cluster_k0: Cluster) -> None:
+    """Replicas that streamed through a change of leader know its term: when the second
+    leader dies too, one of them leads (nobody waits for a dead node)."""
+    c = cluster_k0
+    with Load(c) as load:
+        first, second, seconds = _kill_leader_and_time(c, load)
+        assert seconds <= FAILOVER_BOUND_SECONDS, seconds
+        c.nodes[first].start(wait="healthy")
+        c.wait_streaming(first, timeout_seconds=60)
+        load.wait_acked(30, timeout_seconds=20)
+        killed, third, seconds = _kill_leader_and_time(c, load)
+        assert killed == second and third != second, (killed, third)
+        assert seconds <= FAILOVER_BOUND_SECONDS, seconds
+        c.nodes[second].start(wait="healthy")
+        c.wait_streaming(second, timeout_seconds=60)
+        load.wait_acked(30, timeout_seconds=20)
+    verdict = check_history(c, load, lossless=False)
+    assert len({t["term"] for t in verdict.history}) >= 3
