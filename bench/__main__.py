@@ -1,5 +1,5 @@
-"""``python -m bench {engine,restart,replay,http,stack,memory,archive,restore} [flags]``:
-the same as each module's own ``python -m bench.<name>_bench [flags]``."""
+"""``python -m bench NAME [flags]``, NAME one of engine, restart, replay, http, stack,
+memory, archive, restore, cluster: the same as ``python -m bench.NAME_bench [flags]``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import sys
 COMMANDS = {"engine": "bench.engine_bench", "restart": "bench.restart_bench",
             "replay": "bench.replay_bench", "http": "bench.http_bench",
             "stack": "bench.stack_bench", "memory": "bench.memory_bench",
-            "archive": "bench.archive_bench", "restore": "bench.restore_bench"}
+            "archive": "bench.archive_bench", "restore": "bench.restore_bench",
+            "cluster": "bench.cluster_bench"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -194,7 +194,8 @@ class StemeServer:
 
     def __init__(self, root: str, name: str, *, slow_fdatasync_us: int = 0,
                  preload_shim: str | None = None, strace_all_threads: bool = False,
-                 state_root: str | None = None, env: dict[str, str] | None = None) -> None:
+                 state_root: str | None = None, env: dict[str, str] | None = None,
+                 log_level: str = "warning") -> None:
         self.root = os.path.join(root, name)
         os.makedirs(self.root, exist_ok=True)
         # With state_root: the data directory (the state database) there, on another
@@ -206,6 +207,7 @@ class StemeServer:
         self.preload_shim = preload_shim  # delay fdatasync with the shim, not strace
         self.strace_all_threads = strace_all_threads  # -f --seccomp-bpf
         self.extra_env = dict(env or {})  # e.g. STEMEDB_ARCHIVE_URL and AWS_* (archive_bench)
+        self.log_level = log_level  # "info" keeps the cluster's role changes (cluster_bench)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -213,13 +215,16 @@ class StemeServer:
         with open(config, "w") as f:
             f.write("# empty: defaults, then the STEMEDB_* variables below\n")
         stemedb = shutil.which("stemedb")
-        serve = ([stemedb] if stemedb else [sys.executable, "-m", "stemedb.cli"])
+        # stemedb.cli is a package without __main__: without the script on PATH (a venv
+        # not activated), call its entry point as the script would.
+        serve = ([stemedb] if stemedb else
+                 [sys.executable, "-c", "from stemedb.cli import main; main()"])
         place = ["--data-dir", os.path.join(self.root, "data")]
         if self.state_root is not None:
             place = ["--data-dir", os.path.join(self.state_root, "data"),
                      "--wal-dir", os.path.join(self.root, "wal")]
         cmd = [*serve, "serve", "--config", config, *place,
-               "--listen", f"127.0.0.1:{self.port}", "--log-level", "warning"]
+               "--listen", f"127.0.0.1:{self.port}", "--log-level", self.log_level]
         if self.slow_fdatasync_us and not self.preload_shim:
             every = ["-f", "--seccomp-bpf"] if self.strace_all_threads else []
             cmd = ["strace", *every, "-e", "trace=fdatasync", "-e",
@@ -231,7 +236,9 @@ class StemeServer:
         if self.slow_fdatasync_us and self.preload_shim:
             env.update({"LD_PRELOAD": self.preload_shim,
                         "BENCH_FDATASYNC_DELAY_US": str(self.slow_fdatasync_us)})
-        self.log = open(os.path.join(self.root, "server.log"), "wb")  # noqa: SIM115 - stop()
+        # Appended to: a server started again (cluster_bench, after a kill -9) keeps the
+        # lines of its previous life.
+        self.log = open(os.path.join(self.root, "server.log"), "ab")  # noqa: SIM115 - stop()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True, cwd=self.root)
         wait_until_serving(self.proc, self._ready, "stemedb serve", self.log.name,

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from bench import (
     archive_bench,
+    cluster_bench,
     engine_bench,
     http_bench,
     memory_bench,
@@ -207,3 +208,26 @@ def test_restore_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert all(r["restore_s"] > 0 for r in restores)
     assert writes[1]["window"] == "during the backup" and writes[1]["writes"] >= 0
     assert len(doc["targets"]) == 2
+
+
+@pytest.mark.timeout(60)
+def test_cluster_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # scripts/test.sh installs these; a missing one is a broken setup, not a skip.
+    for tool in ("wrk", "etcd"):
+        assert shutil.which(tool), f"{tool} is not installed (scripts/test.sh installs it)"
+    args = ["--ttl", "2", "--rounds", "1", "--seconds", "1", "--clients", "4",
+            "--writers", "2"]
+    out, doc = _run(cluster_bench.main, args, tmp_path, capsys)
+    assert "Unplanned failover" in out and "Planned switchover" in out
+    loads, failovers, switchovers = doc["tables"].values()
+    assert sorted(r["synchronous_replicas"] for r in loads) == [0, 1]
+    # Every load run wrote to the leader, and the replicas' lag was sampled meanwhile.
+    assert all(r["per_s"] > 0 and r["errors"] == 0 and r["lag_samples"] > 0 for r in loads)
+    assert all(r["lag_max_ms"] >= r["lag_p99_ms"] >= 0 for r in loads)
+    # A fresh cluster fails over once: another node acknowledged, in a newer term.
+    (f,) = failovers
+    assert f["to"] not in (None, f["killed"]) and f["new_term"] > f["old_term"], f
+    assert f["first_ack_s"] > 0 and f["rejoin_s"] > 0
+    (s,) = switchovers
+    assert s["http_status"] == 200 and s["to"] != s["from"] and s["window_s"] > 0, s
+    assert len(doc["targets"]) == 5
