@@ -258,7 +258,7 @@ def test_wal_fsync_failure_follows_the_seed_runbook() -> None:
 
 def test_missing_features_are_stated_plainly() -> None:
     failover = (RUNBOOKS / "failover-to-replica.md").read_text()
-    assert "StemeDB has no replication yet" in failover
+    assert "A node of its own (no `[cluster]`) has no replica to fail over to." in failover
     restore = (RUNBOOKS / "restore-from-backup.md").read_text()
     assert "**Every restore is a base backup plus the archived WAL" in restore
     assert "stemedb backup restore --from $ARCHIVE --data-dir /var/lib/stemedb" in restore
