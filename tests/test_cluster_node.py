@@ -244,3 +244,17 @@ def test_a_node_holding_another_database_is_refused_and_kept(cluster: Cluster,
             assert [a["subject"] for a in r.json()["items"]] == ["mine"]
     assert sorted(x.name for x in (data / "wal").iterdir()) == before
     assert not (data / "diverged").exists()
+
+
+def test_the_python_client_names_the_leader_when_it_writes_to_a_replica(
+        cluster: Cluster) -> None:
+    from stemedb.client import Client, NotLeader
+
+    lead = cluster.leader()
+    assert lead is not None
+    replica = _replicas(cluster)[0]
+    with Client(cluster.nodes[replica].url) as db:
+        with pytest.raises(NotLeader) as info:
+            db.create_assertion(**A)
+        assert info.value.leader_url == cluster.nodes[lead].url + "/v1/assertions"
+        assert db.get_assertion(1).id == 1  # reads are served here

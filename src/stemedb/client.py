@@ -75,6 +75,7 @@ __all__ = [
     "Forbidden",
     "InsufficientStorage",
     "NotFound",
+    "NotLeader",
     "SealResult",
     "SealedEpoch",
     "ServerError",
@@ -152,6 +153,14 @@ class ServerError(StemeClientError):
     """A 5xx without a more specific class."""
 
 
+class NotLeader(StemeClientError):
+    """307: a write sent to a replica of a cluster.  ``leader_url`` is where the server
+    says the write goes (the client does not follow it: point it at the leader, or at
+    a load balancer that checks ``GET /leader``)."""
+
+    leader_url: str | None = None
+
+
 class WalFsyncFailed(ServerError):
     """500 ``wal_fsync_failed``: the outcome of the write is unknown (never retried)."""
 
@@ -165,8 +174,9 @@ class InsufficientStorage(ServerError):
 
 
 _BY_STATUS: dict[int, type[StemeClientError]] = {
-    400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
-    413: TooLarge, 415: UnsupportedMediaType, 503: Unavailable, 507: InsufficientStorage,
+    307: NotLeader, 400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound,
+    409: Conflict, 413: TooLarge, 415: UnsupportedMediaType, 503: Unavailable,
+    507: InsufficientStorage,
 }
 
 
@@ -202,6 +212,8 @@ def _error_from(resp: httpx.Response) -> StemeClientError:
     err = cls(resp.status_code, code, message, hint=hint,
               retry_after_seconds=_retry_after(resp))
     err.applied_lsn = _applied_lsn(resp)
+    if isinstance(err, NotLeader):
+        err.leader_url = resp.headers.get("Location")
     return err
 
 
@@ -491,7 +503,7 @@ class _Base:
         assert resp is not None
         if resp.status_code == 503 and not last:
             return self._wait_seconds(attempt, _retry_after(resp)), None
-        if resp.status_code >= 400:
+        if resp.status_code >= 300:  # 3xx: a replica's 307 to the leader
             return None, _error_from(resp)
         return None, resp
 

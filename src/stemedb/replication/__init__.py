@@ -29,12 +29,20 @@ from ._protocol import (
 )
 from ._receiver import LeaderRef, Outcome, Receiver
 from ._replicas import HOLD_PREFIX, Replica, Replicas
-from ._snapshot import DIVERGED_DIR, Snapshot, SnapshotError, install, set_aside, take
+from ._snapshot import (
+    DIVERGED_DIR,
+    Snapshot,
+    SnapshotError,
+    install,
+    list_set_aside,
+    set_aside,
+    take,
+)
 
 __all__ = [
     "DIVERGED_DIR", "DURABLE_HEADER", "HOLD_PREFIX", "NEXT_HEADER", "SEGMENT_SIZE_HEADER",
     "SNAPSHOT_LSN_HEADER", "SNAPSHOT_SEGMENT_HEADER", "SNAPSHOT_SHA256_HEADER",
     "SNAPSHOT_STATE_BYTES_HEADER", "TERM_HEADER", "LeaderRef", "Outcome", "Receiver",
     "Replica", "Replicas", "Snapshot", "SnapshotError", "StreamError", "Term",
-    "divergence", "install", "set_aside", "split_frames", "take", "term_at",
+    "divergence", "install", "list_set_aside", "set_aside", "split_frames", "take", "term_at",
 ]

@@ -23,9 +23,10 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import shutil
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..backup._take import copy_state
 from ..errors import StemeError
@@ -82,11 +83,13 @@ def take(db_path: str, wal_dir: str, scratch_dir: str) -> Snapshot:
     raise SnapshotError(f"no segment holds LSN {lsn} (the state's applied LSN)")
 
 
-def set_aside(data_dir: str, wal_dir: str, start_lsn: int | None, end_lsn: int) -> str | None:
-    """Move the state and every segment under ``<data-dir>/diverged/<stamp>/`` (the
-    segments into its ``wal/``); never deletes.  ``start_lsn``: where the leader's log
-    leaves this one (None: nothing diverged, the copy is only kept).  Returns the
-    directory, or None when there was nothing to move."""
+def set_aside(data_dir: str, wal_dir: str, start_lsn: int | None, end_lsn: int,
+              reason: str) -> str | None:
+    """Move the state and every segment under
+    ``<data-dir>/diverged/<stamp>-<reason>-lsn-<start>-<end>/`` (the segments into its
+    ``wal/``); never deletes.  ``start_lsn``: where the leader's log leaves this one
+    (None: nothing diverged, the copy is only kept).  Returns the directory, or None
+    when there was nothing to move."""
     from ..storage import OsFileSystem
 
     names = [n for _, n in list_segment_names(OsFileSystem(), wal_dir)]
@@ -95,7 +98,7 @@ def set_aside(data_dir: str, wal_dir: str, start_lsn: int | None, end_lsn: int) 
     if not names and not state_files:
         return None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    label = f"{stamp}-lsn-{start_lsn}-{end_lsn}" if start_lsn is not None else stamp
+    label = f"{stamp}-{reason}-lsn-{start_lsn if start_lsn is not None else 'none'}-{end_lsn}"
     dest = os.path.join(data_dir, DIVERGED_DIR, label)
     n = 0
     while os.path.exists(dest):  # bounded by the names already taken
@@ -111,6 +114,29 @@ def set_aside(data_dir: str, wal_dir: str, start_lsn: int | None, end_lsn: int) 
     sync_dir(data_dir)
     sync_dir(wal_dir)
     return dest
+
+
+_ASIDE = re.compile(r"^(\d{8}T\d{6}Z)-([a-z]+)-lsn-(\d+|none)-(\d+)(?:\.\d+)?$")
+
+
+def list_set_aside(data_dir: str) -> list[dict[str, Any]]:
+    """What earlier re-seeds set aside here, oldest first, read from the directory
+    names (so it survives restarts): when, why, the LSN range the leader did not have
+    (``from_lsn`` None when nothing had diverged), and where."""
+    root = os.path.join(data_dir, DIVERGED_DIR)
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        m = _ASIDE.match(name)
+        if m is None:
+            continue
+        out.append({"time": m.group(1), "reason": m.group(2),
+                    "from_lsn": None if m.group(3) == "none" else int(m.group(3)),
+                    "to_lsn": int(m.group(4)), "dir": os.path.join(root, name)})
+    return out
 
 
 def install(snapshot: Snapshot, data_dir: str, wal_dir: str, segment_size_bytes: int
@@ -144,4 +170,5 @@ def install(snapshot: Snapshot, data_dir: str, wal_dir: str, segment_size_bytes:
              snapshot.lsn, len(snapshot.state), snapshot.segment)
 
 
-__all__ = ["DIVERGED_DIR", "Snapshot", "SnapshotError", "install", "set_aside", "take"]
+__all__ = ["DIVERGED_DIR", "Snapshot", "SnapshotError", "install", "list_set_aside",
+           "set_aside", "take"]

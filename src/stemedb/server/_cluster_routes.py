@@ -94,9 +94,21 @@ async def before_ack(node: Node, lsn: int) -> None:
 
 
 async def replica_read_target(node: Node) -> int | None:
-    """A replica's linearizable read waits for the leader's durable LSN (ReadIndex)."""
+    """A replica's linearizable read waits for the leader's durable LSN (ReadIndex).
+
+    On the leader, a linearizable read is served only within its lease: then no other
+    node can have acknowledged a write (none leads before this lease can lapse), so its
+    own durable LSN covers every write acknowledged anywhere.  A leader paused past its
+    lease refuses, rather than answer from a past it cannot vouch for."""
     member = node.member
-    if member is None or member.role == "leader":
+    if member is None:
+        return None
+    if member.role == "leader":
+        if not member.is_leader:
+            raise ApiError(503, "not_leader", f"{member.s.node_name} is past its lease: it "
+                           "cannot vouch that its state is current",
+                           hint="read with ?consistency=stale, or from the new leader",
+                           headers={"Retry-After": str(limits.http_retry_after_seconds)})
         return None
     try:
         return await member.leader_durable_lsn()
@@ -251,7 +263,9 @@ async def replication_snapshot(request: Request) -> Response:
 async def replication_read_index(request: Request) -> Response:
     query_params(request, ())
     node = request.node
-    member = _leading(node)
+    member = _member(node)
+    if not member.is_leader:  # only within its lease (see replica_read_target)
+        raise _not_leader(member)
     return json_response({"durable_lsn": node.engine.read_index.durable_lsn,
                           "term": member.log_term})
 

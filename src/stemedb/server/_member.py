@@ -64,6 +64,7 @@ from ..replication import (
     SnapshotError,
     Term,
     install,
+    list_set_aside,
     set_aside,
 )
 from ..replication import _limits as rlimits
@@ -100,7 +101,6 @@ class Member:
             self.verify = ssl.create_default_context(cafile=settings.tls_ca_file)
         self.headers = ({"Authorization": f"Bearer {settings.replication_token}"}
                         if settings.replication_token else {})
-        self.set_aside: list[dict[str, Any]] = []  # what reseeds moved aside
         self.last_error = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -380,15 +380,13 @@ class Member:
         log.warning("cluster %s: %s re-seeds from the leader: %s", self.s.name,
                     self.s.node_name, outcome.detail)
         eng.close()
-        dest = set_aside(eng.data_dir, eng.wal_dir, at, end)
+        dest = set_aside(eng.data_dir, eng.wal_dir, at, end, outcome.kind)
         if at is not None and end > at:
             self.m.replication_diverged_bytes_total.inc(end - at)
             log.error("cluster %s: %s set aside WAL LSN %d..%d that the leader does not "
                       "have (with the state and every segment) in %s; `stemedb wal dump "
                       "--data-dir %s --from-lsn %d` shows the records", self.s.name,
                       self.s.node_name, at, end, dest, dest, at)
-        self.set_aside.append({"from_lsn": at, "to_lsn": end, "dir": dest,
-                               "reason": outcome.kind, "time_unix": time.time()})
         while not self._stop.is_set():  # bounded by stop()
             leader = self._leader_ref()
             if leader is not None and leader.node != self.s.node_name:
@@ -435,7 +433,8 @@ class Member:
             try:
                 ok = await self.replicas.wait_replicated(lsn, rlimits.sync_wait_seconds)
             except LookupError:
-                ok = False
+                return ("this node stopped leading before enough replicas held the write; "
+                        "it may or may not survive")
             if not ok:
                 return (f"the write is durable on this node but not yet on "
                         f"{self.s.synchronous_replicas} replica(s) after "
@@ -530,7 +529,7 @@ class Member:
             "streaming_from": r.streaming_from if r is not None else None,
             "replica_lag_bytes": self.replica_lag_bytes(),
             "receiver_error": (r.last_error if r is not None else "") or None,
-            "set_aside": list(self.set_aside),
+            "set_aside": list_set_aside(self.node.engine.data_dir),
             "history": [t._asdict() for t in self.history],
             "last_error": self.last_error or None,
         }
