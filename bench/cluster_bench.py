@@ -29,7 +29,7 @@ In this order:
    term and the first 201 in the new term, as the writers saw them.  ``--rounds``
    times, each from the leader the previous one made.
 
-Targets (the cluster issue): failover within TTL + 3 s, every round; a switchover
+Targets: failover within TTL + 3 s, every round; a switchover
 window within 2 s, every round; replica lag p99 within 100 ms under the load; the
 write rate with one synchronous replica at least half the asynchronous one (the median
 of the rounds' ratios).
