@@ -11,6 +11,7 @@ import concurrent.futures as cf
 import logging
 import os
 import tempfile
+from typing import Any
 
 from stemedb.testing.crashsim import ReplicaSimResult, SimResult, run_replica_seed, run_seed
 
@@ -18,17 +19,21 @@ SEEDS = int(os.environ.get("STEMEDB_SIM_SEEDS", "1000"))
 WORKERS = 2
 
 
-def _run_range(start: int, stop: int) -> list[SimResult] | str:
+def _run_range(start: int, stop: int, replica: bool = False
+               ) -> list[SimResult] | list[ReplicaSimResult] | str:
+    """Seeds ``start``..``stop`` of the engine's simulation (or the replica's)."""
     logging.disable(logging.CRITICAL)
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    out = []
+    out: list[Any] = []
+    run = run_replica_seed if replica else run_seed
     with tempfile.TemporaryDirectory(prefix="stemedb-sim-", dir=base) as tmp:
         for seed in range(start, stop):
             try:
-                out.append(run_seed(seed, tmp))
+                out.append(run(seed, tmp))
             except Exception as exc:
-                return f"{exc}\nreproduce with seed={seed} " \
-                       f"(python -m stemedb.testing.crashsim --seed {seed})"
+                how = (f"stemedb.testing.crashsim.run_replica_seed({seed}, DIR)" if replica
+                       else f"python -m stemedb.testing.crashsim --seed {seed}")
+                return f"{exc}\nreproduce with seed={seed} ({how})"
     return out
 
 
@@ -66,25 +71,13 @@ def test_same_seed_same_run() -> None:
 REPLICA_SEEDS = int(os.environ.get("STEMEDB_SIM_REPLICA_SEEDS", "400"))
 
 
-def _run_replica_range(start: int, stop: int) -> list[ReplicaSimResult] | str:
-    logging.disable(logging.CRITICAL)
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    out = []
-    with tempfile.TemporaryDirectory(prefix="stemedb-rsim-", dir=base) as tmp:
-        for seed in range(start, stop):
-            try:
-                out.append(run_replica_seed(seed, tmp))
-            except Exception as exc:
-                return f"{exc}\nreproduce with seed={seed} (run_replica_seed)"
-    return out
-
-
 def test_replica_crash_simulation_keeps_a_prefix_of_the_leaders_log() -> None:
     chunk = (REPLICA_SEEDS + WORKERS - 1) // WORKERS
     ranges = [(i, min(REPLICA_SEEDS, i + chunk)) for i in range(0, REPLICA_SEEDS, chunk)]
     results: list[ReplicaSimResult] = []
     with cf.ProcessPoolExecutor(WORKERS) as pool:
-        for got in pool.map(_run_replica_range, *zip(*ranges, strict=True)):
+        for got in pool.map(_run_range, *zip(*ranges, strict=True),
+                            [True] * len(ranges)):
             assert not isinstance(got, str), got
             results.extend(got)
     assert len(results) == REPLICA_SEEDS
