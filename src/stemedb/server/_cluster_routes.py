@@ -67,7 +67,8 @@ def check_write(node: Node, request: Request) -> None:
     if member is None or member.is_leader:
         return
     url = member.leader_url()
-    if url is not None and member.role in ("replica", "reseeding", "bootstrapping"):
+    if url is not None and member.role in ("replica", "reseeding", "bootstrapping",
+                                           "starting"):
         qs = request.scope.get("query_string", b"")
         path = request.scope.get("raw_path") or request.path.encode()
         location = url + path.decode("latin-1") + (f"?{qs.decode('latin-1')}" if qs else "")

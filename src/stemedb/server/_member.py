@@ -6,11 +6,13 @@ and acknowledged.
 
 Roles::
 
-    bootstrapping -> replica <-> promoting -> leader
+    starting / bootstrapping -> replica <-> promoting -> leader
                         |  ^                    |
                         v  |                    v
                      reseeding  <----------  replica (demoted)
 
+- **starting**: a data directory with a state, while recovery replays it; it does not
+  campaign until the replay is done.
 - **bootstrapping**: a data directory with no state.  If another node leads, the node
   copies a snapshot of it; if no node leads a cluster that has never had a leader, the
   node may campaign, and creates the database if it wins.
@@ -75,7 +77,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stemedb.cluster")
 
-ROLES = ("bootstrapping", "replica", "promoting", "leader", "reseeding", "stopped")
+ROLES = ("starting", "bootstrapping", "replica", "promoting", "leader", "reseeding",
+         "stopped")
 
 
 class Member:
@@ -169,7 +172,8 @@ class Member:
         seeded from the leader, or left to become a new cluster's first leader."""
         self._start_leadership()
         if os.path.exists(self.node.engine.db_path):
-            self.role = "replica"  # until the role thread sees a leadership of its own
+            # Its own state: recovery replays it; only then may it campaign.
+            self.role = "starting"
             return
         log.info("cluster %s: %s has no state yet; waiting for a leader to copy, or for "
                  "the leadership of a new cluster", self.s.name, self.s.node_name)
@@ -209,8 +213,8 @@ class Member:
                 # holds WAL for the replicas that stream from it then.
                 eng.set_hold(name, -1).result(rlimits.promote_timeout_seconds)
                 log.info("released the WAL hold %s of an earlier leadership", name)
-        if self.role == "bootstrapping":
-            self.role = "replica"
+        if self.role in ("bootstrapping", "starting"):
+            self.role = "replica"  # until the role thread sees a leadership of its own
         eng.set_follower(True)
         self._start_leadership()
         self._thread = threading.Thread(target=self._run, name="stemedb-cluster-role",
