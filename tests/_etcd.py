@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -23,16 +22,11 @@ import httpx
 import pytest
 
 from stemedb.cluster import EtcdClient, FaultHook, Leadership, Positions, retry_margin_seconds
+from tests._ports import free_port
 
 START_TIMEOUT_SECONDS = 15.0
 STOP_TIMEOUT_SECONDS = 5.0
 POLL_SECONDS = 0.05
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def etcd_binary() -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -21,19 +20,14 @@ from typing import Any
 
 import httpx
 
+from tests._ports import free_port
+
 START_TIMEOUT_SECONDS = 20.0
 STOP_TIMEOUT_SECONDS = 30.0
 POLL_SECONDS = 0.02
 TEST_SEGMENT_SIZE_BYTES = 1024 * 1024  # 1 MiB: rotations happen in tests too
 
 SERVE_CMD = [sys.executable, "-c", "from stemedb.cli import main; main()", "serve"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def server_env(**extra: str) -> dict[str, str]:
@@ -59,7 +53,9 @@ class ServerProcess:
         self.args = args
         self.env = server_env(**(env or {}))
         self.tls = tls  # the client side of a server started with [server] tls_*
-        self.prefix: list[str] = []  # a command that runs the server (strace, say)
+        # A command that runs the server (strace, say): stop() then signals the server
+        # itself, its child, since strace would detach and leave it running.
+        self.prefix: list[str] = []
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
 
@@ -118,10 +114,17 @@ class ServerProcess:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
+            if self.prefix:
+                for pid in _children(self.proc.pid):  # strace exits when its tracee does
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(STOP_TIMEOUT_SECONDS)
             except subprocess.TimeoutExpired:
+                for pid in _children(self.proc.pid) if self.prefix else []:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
                 self.proc.kill()
                 self.proc.wait(STOP_TIMEOUT_SECONDS)
         self._close_log()
@@ -137,6 +140,14 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in
+                Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def run_serve(workdir: Path, args: list[str], env: dict[str, str] | None = None,

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests._server import SERVE_CMD, ServerProcess, free_port
+from tests._server import ServerProcess, free_port
 
 RULES = Path(__file__).resolve().parents[1] / "ops" / "prometheus" / "stemedb.rules.yml"
 ALERT_TIMEOUT_SECONDS = 90.0
@@ -111,36 +111,12 @@ class Prometheus:
 
 
 class StracedServer(ServerProcess):
-    """A server run under strace (which injects the fault).
-
-    Stopping it signals the server itself, not strace: strace would detach and leave
-    the server running.  strace exits when its tracee does.
-    """
-
-    def stop(self, sig: int = 15) -> int | None:
-        if self.proc is not None and self.proc.poll() is None:
-            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-            try:
-                pids = [int(p) for p in children.read_text().split()]
-            except OSError:
-                pids = []
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-        return super().stop(sig)
+    """A server run under strace (which injects the fault); ServerProcess.stop signals
+    the server itself, not strace."""
 
     def __init__(self, workdir: Path, strace_args: list[str], **kw: Any) -> None:
         super().__init__(workdir, **kw)
         self.prefix = [_binary("strace"), "-f", "-o", "/dev/null", *strace_args]
-
-    def start(self, *, wait: str | None = "ready") -> ServerProcess:
-        import tests._server as srv
-        saved = srv.SERVE_CMD
-        srv.SERVE_CMD = [*self.prefix, *SERVE_CMD]
-        try:
-            return super().start(wait=wait)
-        finally:
-            srv.SERVE_CMD = saved
 
 
 @pytest.fixture
