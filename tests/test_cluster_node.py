@@ -258,3 +258,23 @@ def test_the_python_client_names_the_leader_when_it_writes_to_a_replica(
             db.create_assertion(**A)
         assert info.value.leader_url == cluster.nodes[lead].url + "/v1/assertions"
         assert db.get_assertion(1).id == 1  # reads are served here
+
+
+def test_cluster_status_is_current_on_every_member_right_after_a_switchover(
+        cluster: Cluster) -> None:
+    c = cluster
+    lead = c.leader()
+    assert lead is not None
+    target = _replicas(c)[0]
+    r = httpx.post(c.nodes[lead].url + "/v1/admin/switchover", json={"candidate": target},
+                   timeout=60)
+    assert r.status_code == 200, r.text
+    term = r.json()["term"]
+    for n in c.nodes:  # at once: /v1/cluster reads etcd, not the loop's last view
+        doc = httpx.get(c.nodes[n].url + "/v1/cluster", timeout=10).json()
+        assert (doc["leader"], doc["term"]) == (target, term), (n, doc)
+        roles = {m["node"]: m["role"] for m in doc["members"]}
+        assert roles[target] == "leader" and roles[lead] == "replica", (n, doc)
+    out = subprocess.run([*CLI, "cluster", "status", "--server", c.nodes[lead].url],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and f"leader {target}, term {term}" in out.stdout, out

@@ -48,6 +48,16 @@ def cluster_status(server: str, token: str | None, as_json: bool) -> None:
       stemedb cluster status --server http://127.0.0.1:18180
     """
     doc = call_server(server, "GET", "/v1/cluster", token=token, timeout_seconds=10.0)
+    leader = next((m for m in doc["members"] if m["node"] == doc["leader"]), None)
+    if leader is not None and leader["url"] and leader["url"].rstrip("/") != \
+            server.rstrip("/"):
+        # Only the leader knows its replicas' lag and whether they stream: ask it too.
+        try:
+            doc = call_server(leader["url"], "GET", "/v1/cluster", token=token,
+                              timeout_seconds=10.0)
+        except SystemExit:
+            click.echo(f"(the leader {doc['leader']} did not answer: this is "
+                       f"{server}'s view)", err=True)
     if as_json:
         click.echo(json.dumps(doc, indent=2, sort_keys=True))
     else:

@@ -153,7 +153,9 @@ async def cluster_status(request: Request) -> Response:
             "node": name, "url": None, "role": "leader", "state": node.phase,
             "applied_lsn": ri.applied_lsn, "durable_lsn": ri.durable_lsn,
             "lag_bytes": None, "lag_seconds": None}]})
-    return json_response(node.member.status())
+    member = node.member
+    view = await asyncio.get_running_loop().run_in_executor(None, member.fresh_view)
+    return json_response(member.status(view))
 
 
 async def admin_switchover(request: Request) -> Response:

@@ -45,6 +45,7 @@ import httpx
 
 from ..archive import WalSource
 from ..cluster import (
+    ClusterError,
     ClusterView,
     EtcdClient,
     Leadership,
@@ -491,17 +492,30 @@ class Member:
         return {"leader": new.node, "term": new.term, "url": new.url,
                 "seconds": round(time.monotonic() - t0, 3)}
 
-    def status(self) -> dict[str, Any]:
-        """``GET /v1/cluster``."""
+    def fresh_view(self) -> ClusterView | None:
+        """The cluster as etcd has it now (one read; blocking), or the leadership
+        loop's last view (at most a loop old) when etcd does not answer."""
+        try:
+            return self.leadership.store.view()
+        except ClusterError as exc:
+            log.debug("GET /v1/cluster from the last view: %s", exc)
+            return self.leadership.last_view
+
+    def status(self, view: ClusterView | None = None) -> dict[str, Any]:
+        """``GET /v1/cluster``, from ``view`` (default: the loop's last view)."""
         lead = self.leadership
-        view = lead.last_view
+        if view is None:
+            view = lead.last_view
         ref = self._leader_ref()
+        if lead.held_term is None and view is not None:
+            ref = (LeaderRef(view.leader.node, view.leader.url, view.leader.term)
+                   if view.leader is not None else None)
         leader = ref if ref is not None and ref.node else None
         mine = self.replicas.status() if self.role == "leader" else {}
         members = []
         for name, rec in sorted((view.members if view is not None else {}).items()):
             r = mine.get(name)
-            if rec.role == "leader" or (leader is not None and leader.node == name):
+            if leader is not None and leader.node == name:
                 state, lag_b, lag_s = "running", None, None
             elif r is not None:
                 state = "streaming" if r["connected"] else "disconnected"
@@ -516,7 +530,8 @@ class Member:
                             "applied_lsn": rec.applied_lsn, "durable_lsn": rec.durable_lsn,
                             "lag_bytes": lag_b, "lag_seconds": lag_s})
         return {"name": self.s.name, "leader": leader.node if leader else None,
-                "term": lead.term, "members": members}
+                "term": max(lead.term, leader.term if leader is not None else 0),
+                "members": members}
 
     def node_status(self) -> dict[str, Any]:
         """The ``cluster`` object of ``/v1/admin/status``: this node's side."""
