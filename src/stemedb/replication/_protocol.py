@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from ..archive._format import FrameFault, check_frame
 from ..errors import StemeError
-from ..wal import FRAME_HEADER_SIZE, RecordType, decode_frame_header
+from ..wal import FRAME_HEADER_SIZE, decode_frame_header
 
 TERM_HEADER = "StemeDB-Term"
 DURABLE_HEADER = "StemeDB-Durable-LSN"
@@ -95,14 +95,8 @@ def divergence(local: list[Term], leader: list[Term], local_end: int,
     return point
 
 
-def term_payload(frames: list[tuple[int, int, bytes]]) -> list[int]:
-    """The LSNs of the TERM records among ``frames``."""
-    return [lsn for rtype, lsn, _ in frames if rtype == RecordType.TERM]
-
-
 __all__ = [
     "DURABLE_HEADER", "NEXT_HEADER", "SEGMENT_SIZE_HEADER", "SNAPSHOT_LSN_HEADER",
     "SNAPSHOT_SEGMENT_HEADER", "SNAPSHOT_SHA256_HEADER", "SNAPSHOT_STATE_BYTES_HEADER",
-    "TERM_HEADER", "StreamError", "Term", "divergence", "split_frames", "term_at",
-    "term_payload",
+    "TERM_HEADER", "StreamError", "Term", "divergence", "split_frames", "term_at"
 ]

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 from ..backup._take import copy_state
 from ..errors import StemeError
-from ..storage import sync_dir
+from ..storage import OsFileSystem, sync_dir
 from ..wal import SEGMENT_HEADER_SIZE, SegmentHeader, list_segment_names, segment_name
 
 log = logging.getLogger("stemedb.replication")
@@ -58,8 +58,6 @@ class SnapshotError(StemeError):
 
 def take(db_path: str, wal_dir: str, scratch_dir: str) -> Snapshot:
     """The leader's side (blocking: run it on a thread)."""
-    from ..storage import OsFileSystem
-
     scratch = os.path.join(scratch_dir, SCRATCH_NAME)
     try:
         lsn, _records, _epoch = copy_state(db_path, scratch)
@@ -90,8 +88,6 @@ def set_aside(data_dir: str, wal_dir: str, start_lsn: int | None, end_lsn: int,
     ``wal/``); never deletes.  ``start_lsn``: where the leader's log leaves this one
     (None: nothing diverged, the copy is only kept).  Returns the directory, or None
     when there was nothing to move."""
-    from ..storage import OsFileSystem
-
     names = [n for _, n in list_segment_names(OsFileSystem(), wal_dir)]
     state_files = [n for n in ("state.sqlite3", "state.sqlite3-wal", "state.sqlite3-shm")
                    if os.path.exists(os.path.join(data_dir, n))]

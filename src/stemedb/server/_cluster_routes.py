@@ -38,7 +38,7 @@ from ._http import (
     query_params,
     read_body,
 )
-from ._member import Member, run_blocking
+from ._member import Member
 from ._node import ApiError, Node
 
 OCTETS = "application/octet-stream"
@@ -173,9 +173,10 @@ async def admin_switchover(request: Request) -> Response:
         candidate = parse_text("candidate", candidate, NODE_NAME_BYTES_MAX)
     if not member.is_leader:
         raise _not_leader(member)
-    fut = run_blocking(member.switchover, candidate, SWITCHOVER_TIMEOUT_SECONDS)
-    try:
-        result = await asyncio.wrap_future(fut)
+    loop = asyncio.get_running_loop()
+    try:  # it waits seconds for the candidate: on a thread
+        result = await loop.run_in_executor(None, member.switchover, candidate,
+                                            SWITCHOVER_TIMEOUT_SECONDS)
     except (SwitchoverFailed, NotLeader) as exc:
         raise ApiError(409, "switchover_failed", str(exc), hint=exc.hint) from exc
     except ClusterError as exc:
@@ -224,10 +225,6 @@ async def replication_wal(request: Request) -> Response:
     member.replicas.report(name, start, q.get("url", ""))
     loop = asyncio.get_running_loop()
     src = member.wal_source()
-    first = await loop.run_in_executor(None, src.first_lsn)
-    if start < first:
-        raise ApiError(410, "wal_removed", f"the WAL from LSN {start} is gone from this "
-                       f"node (its oldest segment starts at LSN {first})")
     if durable <= start:
         wait = (rlimits.fenced_poll_wait_seconds if member.leadership.fenced
                 else rlimits.poll_wait_seconds)
@@ -239,7 +236,7 @@ async def replication_wal(request: Request) -> Response:
     try:
         chunk = await loop.run_in_executor(None, src.read, start, durable,
                                            rlimits.batch_bytes_max)
-    except WalGone as exc:
+    except WalGone as exc:  # the oldest segment here starts after ``start``
         raise ApiError(410, "wal_removed", str(exc)) from exc
     member.replicas.sample(durable)
     return Response(chunk.data, content_type=OCTETS,

@@ -32,7 +32,6 @@ Roles::
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures as cf
 import contextlib
 import logging
 import os
@@ -554,18 +553,4 @@ class Member:
         }
 
 
-def run_blocking(fn: Any, *args: Any) -> cf.Future[Any]:
-    """``fn(*args)`` on a thread of its own (a switchover waits seconds)."""
-    fut: cf.Future[Any] = cf.Future()
-
-    def run() -> None:
-        try:
-            fut.set_result(fn(*args))
-        except BaseException as exc:
-            fut.set_exception(exc)
-
-    threading.Thread(target=run, name="stemedb-switchover", daemon=True).start()
-    return fut
-
-
-__all__ = ["ROLES", "Member", "run_blocking"]
+__all__ = ["ROLES", "Member"]

@@ -63,8 +63,7 @@ class Node:
         self.config = config
         self.m = metrics or Metrics()
         self._writer_host = writer_host
-        self.engine = engine or Engine(config.data_dir, config.engine_config(), metrics=self.m,
-                                       writer_host=writer_host)
+        self.engine = engine or self._new_engine()
         self.phase = "starting"
         self.started_unix = time.time()
         self.recovery: RecoveryReport | None = None
@@ -91,11 +90,14 @@ class Node:
             self.m.cluster_enabled.set(0)
             self.m.cluster_is_leader.set(1)  # a node of its own is its own leader
 
+    def _new_engine(self) -> Engine:
+        return Engine(self.config.data_dir, self.config.engine_config(), metrics=self.m,
+                      writer_host=self._writer_host)
+
     def reopen_engine(self) -> Engine:
         """A new engine on the same data directory (after a re-seed replaced it):
         recovered and started.  Blocking."""
-        eng = Engine(self.config.data_dir, self.config.engine_config(), metrics=self.m,
-                     writer_host=self._writer_host)
+        eng = self._new_engine()
         eng.recover()
         eng.start()
         self.engine = eng
